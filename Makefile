@@ -1,0 +1,48 @@
+# d2ltvm: the two commands of README.md, and the tools behind them.
+#   make html   render the book into _build/html (sets up .venv when needed)
+#   make test   package sync check, unit tests and nbval over every chapter
+# Everything runs in the virtual environment .venv, built from requirements.txt.
+
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+JOBS   ?= 2
+# The switch that keeps every chapter off the network (see README.md, "Offline and online").
+export D2LTVM_OFFLINE ?= 1
+export PYTHONHASHSEED := 0
+
+.PHONY: html test venv package outputs clean
+
+venv: $(STAMP)
+
+$(STAMP): requirements.txt pyproject.toml
+	@$(PYTHON) -c 'import sys; assert sys.version_info[:2] == (3, 11), "d2ltvm pins need Python 3.11, found " + sys.version.split()[0]'
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet -r requirements.txt
+	$(BIN)/python -m pip install --quiet --no-deps --no-build-isolation -e .
+	$(BIN)/python -m pip check
+	touch $(STAMP)
+
+html: $(STAMP)
+	$(BIN)/jupyter-book build -W --keep-going .
+	@echo "The book is at $(CURDIR)/_build/html/index.html"
+
+test: $(STAMP)
+	$(BIN)/python tools/sync_package.py --check
+	$(BIN)/python -m pytest -n $(JOBS) --dist loadfile tests chapters
+
+# Regenerate d2ltvm/__init__.py from the '# Save to the d2ltvm package' cells.
+package: $(STAMP)
+	$(BIN)/python tools/sync_package.py
+
+# Re-execute notebooks top to bottom and store their outputs (offline, as CI runs them).
+# make outputs                       every chapter
+# make outputs NB=chapters/x/y.ipynb one chapter
+outputs: $(STAMP)
+	$(BIN)/python tools/sync_package.py
+	$(BIN)/python tools/execute_notebooks.py $(NB)
+	$(BIN)/python tools/sync_package.py
+
+clean:
+	rm -rf _build
