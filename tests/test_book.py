@@ -5,7 +5,7 @@ import sys
 import pathlib
 
 import sync_package
-from conftest import ROOT
+from sync_package import ROOT
 
 
 def test_book_renders_every_toc_entry_without_warnings(tmp_path):

@@ -7,7 +7,7 @@ import pytest
 
 import d2ltvm
 import sync_package
-from conftest import ROOT
+from sync_package import ROOT
 
 MARK = sync_package.MARK
 
