@@ -60,9 +60,9 @@ def cache_dir():
 
 # ----------------------------------------------------------------------
 # Defined in chapters/getting_started/downloads.ipynb
-def sha256sum(path, chunk_size=1 << 20):
-    """Return the hexadecimal SHA-256 digest of the file at `path`."""
-    digest = hashlib.sha256()
+def file_hash(path, algorithm="sha256", chunk_size=1 << 20):
+    """Return the hexadecimal digest (sha256 by default) of the file at `path`."""
+    digest = hashlib.new(algorithm)
     with open(path, "rb") as f:
         for chunk in iter(lambda: f.read(chunk_size), b""):
             digest.update(chunk)
@@ -74,37 +74,42 @@ class DownloadError(RuntimeError):
     """A file could not be fetched, or a fetched or cached file does not have the expected checksum."""
 
 
-def download(url, sha256, filename=None, folder=None, timeout=60):
+def download(url, checksum, filename=None, folder=None, algorithm="sha256", timeout=60):
     """Return the path of a checksum-verified local copy of `url`, downloading it into the cache if needed."""
-    if not isinstance(sha256, str) or len(sha256) != 64:
-        raise ValueError(f"sha256 must be a 64-character hex digest, got {sha256!r}")
-    sha256 = sha256.lower()
+    if algorithm not in hashlib.algorithms_available:
+        raise ValueError(f"unknown hash algorithm {algorithm!r}")
+    full = hashlib.new(algorithm).digest_size * 2
+    if (not isinstance(checksum, str) or not 8 <= len(checksum) <= full
+            or any(ch not in "0123456789abcdef" for ch in checksum.lower())):
+        raise ValueError(f"checksum must be the {algorithm} hex digest of the file (or at least its "
+                         f"first 8 digits), got {checksum!r}")
+    checksum = checksum.lower()
     scheme = urllib.parse.urlparse(url).scheme
     filename = filename or pathlib.PurePosixPath(urllib.parse.urlparse(url).path).name
     if not filename:
         raise ValueError(f"cannot tell a file name from {url!r}; pass filename=")
     folder = pathlib.Path(folder) if folder is not None else cache_dir()
     target = folder / filename
-    hint = f"download {url} yourself and save it as {target} (sha256 {sha256})"
+    hint = f"download {url} yourself and save it as {target} ({algorithm} {checksum})"
     if target.exists():
-        actual = sha256sum(target)
-        if actual == sha256:
+        actual = file_hash(target, algorithm)
+        if actual.startswith(checksum):
             return target
-        raise DownloadError(f"{target} exists but its sha256 is {actual}, not {sha256}: "
+        raise DownloadError(f"{target} exists but its {algorithm} is {actual}, not {checksum}: "
                             f"it is corrupt or a different file. Delete it to download again, or {hint}")
     if scheme != "file" and is_offline():
         raise DownloadError(f"{filename} is not cached and D2LTVM_OFFLINE=1 forbids network access: {hint}")
     folder.mkdir(parents=True, exist_ok=True)
     fd, partial = tempfile.mkstemp(prefix=filename + ".", suffix=".part", dir=folder)
     try:
-        digest = hashlib.sha256()
+        digest = hashlib.new(algorithm)
         with os.fdopen(fd, "wb") as out, urllib.request.urlopen(url, timeout=timeout) as response:
             for chunk in iter(lambda: response.read(1 << 20), b""):
                 digest.update(chunk)
                 out.write(chunk)
-        if digest.hexdigest() != sha256:
-            raise DownloadError(f"{url} was downloaded but its sha256 is {digest.hexdigest()}, not {sha256}; "
-                                f"nothing was saved. If the file changed upstream, {hint}")
+        if not digest.hexdigest().startswith(checksum):
+            raise DownloadError(f"{url} was downloaded but its {algorithm} is {digest.hexdigest()}, "
+                                f"not {checksum}; nothing was saved. If the file changed upstream, {hint}")
         os.replace(partial, target)
     except DownloadError:
         raise

@@ -39,10 +39,11 @@ def test_cache_dir_follows_the_environment(monkeypatch, tmp_path):
     assert d2ltvm.cache_dir().parts[-2:] == (".cache", "d2ltvm")
 
 
-def test_sha256sum_matches_hashlib(tmp_path):
+def test_file_hash_matches_hashlib(tmp_path):
     path = tmp_path / "f"
     path.write_bytes(PAYLOAD)
-    assert d2ltvm.sha256sum(path, chunk_size=7) == DIGEST
+    assert d2ltvm.file_hash(path, chunk_size=7) == DIGEST
+    assert d2ltvm.file_hash(path, "sha1") == hashlib.sha1(PAYLOAD).hexdigest()
 
 
 def test_download_then_cache_hit(served, monkeypatch):
@@ -125,11 +126,27 @@ def test_interrupted_download_leaves_no_partial_file(monkeypatch, tmp_path):
     assert leftovers(tmp_path) == []
 
 
-@pytest.mark.parametrize("digest", ["", "abc", None, 123])
+def test_prefix_and_other_algorithms(served):
+    url, cache = served
+    assert d2ltvm.download(url, DIGEST[:8], folder=cache).read_bytes() == PAYLOAD
+    sha1 = hashlib.sha1(PAYLOAD).hexdigest()
+    assert d2ltvm.download(url, sha1, filename="again.bin", folder=cache, algorithm="sha1").exists()
+    with pytest.raises(d2ltvm.DownloadError, match="its sha1 is"):
+        d2ltvm.download(url, DIGEST[:40], filename="third.bin", folder=cache, algorithm="sha1")
+    assert leftovers(cache) == ["again.bin", "model.bin"]
+
+
+@pytest.mark.parametrize("digest", ["", "abc", "abcdef1", None, 123, "g" * 64, DIGEST + "0"])
 def test_bad_checksum_argument(digest, served):
     url, cache = served
-    with pytest.raises(ValueError, match="sha256 must be a 64-character hex digest"):
+    with pytest.raises(ValueError, match="checksum must be the sha256 hex digest"):
         d2ltvm.download(url, digest, folder=cache)
+
+
+def test_unknown_algorithm(served):
+    url, cache = served
+    with pytest.raises(ValueError, match="unknown hash algorithm 'md7'"):
+        d2ltvm.download(url, DIGEST, folder=cache, algorithm="md7")
 
 
 def test_url_without_a_file_name_needs_filename(tmp_path):
