@@ -119,3 +119,176 @@ def download(url, checksum, filename=None, folder=None, algorithm="sha256", time
         if os.path.exists(partial):
             os.remove(partial)
     return target
+
+# ----------------------------------------------------------------------
+# Defined in chapters/relax/blockbuilder_fx.ipynb
+import tvm
+from tvm import te
+
+
+def te_matmul(A, B):
+    """Return the tensor expression of the matrix product A @ B (2-D tensors)."""
+    k = te.reduce_axis((0, A.shape[1]), name="k")
+    return te.compute((A.shape[0], B.shape[1]),
+                      lambda i, j: te.sum(A[i, k] * B[k, j], axis=k), name="matmul")
+
+
+def te_relu(A):
+    """Return the tensor expression of max(A, 0), elementwise, for a tensor of any rank."""
+    return te.compute(A.shape, lambda *i: te.max(A(*i), tvm.tirx.const(0, A.dtype)), name="relu")
+
+# ----------------------------------------------------------------------
+# Defined in chapters/relax/blockbuilder_fx.ipynb
+from tvm import relax
+
+
+def map_param(param):
+    """Return a torch parameter or tensor as a float32 Relax constant."""
+    return relax.const(param.detach().cpu().numpy().astype("float32"), "float32")
+
+
+def from_fx(fx_module, input_shapes, call_function_map, call_module_map, dtype="float32"):
+    """Translate a torch.fx GraphModule into a Relax IRModule, parameters as constants, via rule tables."""
+    import torch
+    nodes = list(fx_module.graph.nodes)
+    modules = dict(fx_module.named_modules())
+    placeholders = [n for n in nodes if n.op == "placeholder"]
+    if len(placeholders) != len(input_shapes):
+        raise ValueError(f"the model takes {len(placeholders)} input(s) "
+                         f"({', '.join(n.name for n in placeholders)}), but {len(input_shapes)} "
+                         "shape(s) were given")
+    # Check every node before building anything, so that a missing rule is reported by name.
+    for node in nodes:
+        if node.op == "call_function" and node.target not in call_function_map:
+            name = getattr(node.target, "__name__", str(node.target))
+            owner = getattr(node.target, "__module__", None) or ""
+            raise NotImplementedError(f"no translation rule for function {owner + '.' if owner else ''}{name} "
+                                      f"(fx node '{node.name}'); add one to call_function_map")
+        if node.op == "call_module" and type(modules[node.target]) not in call_module_map:
+            kind = type(modules[node.target])
+            raise NotImplementedError(f"no translation rule for module '{node.target}' of type "
+                                      f"{kind.__module__}.{kind.__name__}; add one to call_module_map")
+        if node.op not in ("placeholder", "get_attr", "call_function", "call_module", "output"):
+            raise NotImplementedError(f"fx opcode '{node.op}' (node '{node.name}', target {node.target!r}) "
+                                      "is not supported; rewrite it as a torch function call")
+        if node.op == "output" and not isinstance(node.args[0], torch.fx.Node):
+            raise NotImplementedError(f"only a single tensor output is supported, got {node.args[0]!r}")
+    node_map, inputs = {}, []
+    bb = relax.BlockBuilder()
+    with bb.function("main"):
+        with bb.dataflow():
+            for node in nodes:
+                if node.op == "placeholder":
+                    var = relax.Var(node.name, relax.TensorType(tuple(input_shapes[len(inputs)]), dtype))
+                    inputs.append(var)
+                    node_map[node] = var
+                elif node.op == "get_attr":
+                    value = fx_module
+                    for part in node.target.split("."):
+                        value = getattr(value, part)
+                    node_map[node] = map_param(value)
+                elif node.op == "call_function":
+                    node_map[node] = call_function_map[node.target](bb, node_map, node)
+                elif node.op == "call_module":
+                    module = modules[node.target]
+                    node_map[node] = call_module_map[type(module)](bb, node_map, node, module)
+                else:  # output
+                    output = bb.emit_output(node_map[node.args[0]])
+        bb.emit_func_output(output, inputs)
+    return bb.get()
+
+# ----------------------------------------------------------------------
+# Defined in chapters/relax/blockbuilder_fx.ipynb
+import math
+import operator
+
+from tvm import topi
+
+
+def _fx_flatten_shape(shape, start_dim=0, end_dim=-1):
+    """Return the shape torch.flatten(x, start_dim, end_dim) gives for an input of `shape`."""
+    shape = [int(s) for s in shape]
+    start, end = start_dim % len(shape), end_dim % len(shape)
+    return shape[:start] + [math.prod(shape[start:end + 1])] + shape[end + 1:]
+
+
+def _fx_operand(bb, node_map, arg):
+    """Return the Relax value of an fx argument: a mapped node, or a Python number as a constant."""
+    import torch
+    return node_map[arg] if isinstance(arg, torch.fx.Node) else relax.const(float(arg), "float32")
+
+
+def te_fx_maps():
+    """Return (call_function_map, call_module_map) for from_fx that emit TE/TOPI PrimFuncs."""
+    import torch
+    def matmul(bb, node_map, node):
+        return bb.emit_te(te_matmul, node_map[node.args[0]], node_map[node.args[1]])
+
+    def relu(bb, node_map, node):
+        return bb.emit_te(te_relu, node_map[node.args[0]])
+
+    def add(bb, node_map, node):
+        lhs, rhs = node.args[:2]
+        if not isinstance(lhs, torch.fx.Node):
+            lhs, rhs = rhs, lhs
+        rhs = node_map[rhs] if isinstance(rhs, torch.fx.Node) else float(rhs)
+        return bb.emit_te(topi.add, node_map[lhs], rhs)
+
+    def flatten(bb, node_map, node):
+        x = node_map[node.args[0]]
+        start = node.args[1] if len(node.args) > 1 else node.kwargs.get("start_dim", 0)
+        end = node.args[2] if len(node.args) > 2 else node.kwargs.get("end_dim", -1)
+        return bb.emit_te(topi.reshape, x, _fx_flatten_shape(x.ty.shape, start, end))
+
+    def linear(bb, node_map, node, module):
+        y = bb.emit_te(topi.nn.dense, node_map[node.args[0]], map_param(module.weight))
+        return y if module.bias is None else bb.emit_te(topi.add, y, map_param(module.bias))
+
+    def nn_relu(bb, node_map, node, module):
+        return relu(bb, node_map, node)
+
+    def nn_flatten(bb, node_map, node, module):
+        x = node_map[node.args[0]]
+        return bb.emit_te(topi.reshape, x, _fx_flatten_shape(x.ty.shape, module.start_dim, module.end_dim))
+
+    functions = {torch.matmul: matmul, torch.relu: relu, torch.add: add, operator.add: add,
+                 torch.flatten: flatten}
+    modules = {torch.nn.Linear: linear, torch.nn.ReLU: nn_relu, torch.nn.Flatten: nn_flatten}
+    return functions, modules
+
+# ----------------------------------------------------------------------
+# Defined in chapters/relax/blockbuilder_fx.ipynb
+def op_fx_maps():
+    """Return (call_function_map, call_module_map) for from_fx that emit high-level Relax operators."""
+    import torch
+    def matmul(bb, node_map, node):
+        return bb.emit(relax.op.matmul(node_map[node.args[0]], node_map[node.args[1]]))
+
+    def relu(bb, node_map, node):
+        return bb.emit(relax.op.nn.relu(node_map[node.args[0]]))
+
+    def add(bb, node_map, node):
+        lhs, rhs = (_fx_operand(bb, node_map, arg) for arg in node.args[:2])
+        return bb.emit(relax.op.add(lhs, rhs))
+
+    def flatten(bb, node_map, node):
+        x = node_map[node.args[0]]
+        start = node.args[1] if len(node.args) > 1 else node.kwargs.get("start_dim", 0)
+        end = node.args[2] if len(node.args) > 2 else node.kwargs.get("end_dim", -1)
+        return bb.emit(relax.op.reshape(x, _fx_flatten_shape(x.ty.shape, start, end)))
+
+    def linear(bb, node_map, node, module):
+        bias = None if module.bias is None else map_param(module.bias)
+        return bb.emit(relax.op.linear(node_map[node.args[0]], map_param(module.weight), bias))
+
+    def nn_relu(bb, node_map, node, module):
+        return relu(bb, node_map, node)
+
+    def nn_flatten(bb, node_map, node, module):
+        x = node_map[node.args[0]]
+        return bb.emit(relax.op.reshape(x, _fx_flatten_shape(x.ty.shape, module.start_dim, module.end_dim)))
+
+    functions = {torch.matmul: matmul, torch.relu: relu, torch.add: add, operator.add: add,
+                 torch.flatten: flatten}
+    modules = {torch.nn.Linear: linear, torch.nn.ReLU: nn_relu, torch.nn.Flatten: nn_flatten}
+    return functions, modules
