@@ -121,6 +121,185 @@ def download(url, checksum, filename=None, folder=None, algorithm="sha256", time
     return target
 
 # ----------------------------------------------------------------------
+# Defined in chapters/relax/mlp_tensorir.ipynb
+import types
+
+
+def load_digits_28x28(test_size=360, seed=0):
+    """Return scikit-learn's 1797 handwritten digits as 28x28 float32 images in [0, 1], split into train and test."""
+    from sklearn.datasets import load_digits
+    if not isinstance(test_size, (int, np.integer)) or not 0 < test_size < 1797:
+        raise ValueError(f"test_size must be an int between 1 and 1796, got {test_size!r}")
+    digits = load_digits()
+    small = digits.images / 16.0                       # 8x8 pixels with values 0..16 -> [0, 1]
+    # Bilinear upsampling 8 -> 28 as a matrix: output pixel o has its centre at input position
+    # (o + 0.5) * 8 / 28 - 0.5 and mixes the two nearest input pixels (clamped at the border).
+    pos = np.clip((np.arange(28) + 0.5) * 8 / 28 - 0.5, 0, 7)
+    low = np.floor(pos).astype(int)
+    frac = pos - low
+    resize = np.zeros((28, 8))
+    resize[np.arange(28), low] += 1 - frac
+    resize[np.arange(28), np.minimum(low + 1, 7)] += frac
+    images = np.clip(resize @ small @ resize.T, 0, 1).astype("float32")   # (1797, 28, 28)
+    labels = digits.target.astype("int64")
+    order = np.random.default_rng(seed).permutation(len(images))
+    test, train = order[:test_size], order[test_size:]
+    return types.SimpleNamespace(name="digits", classes=[str(d) for d in range(10)],
+                                 train_images=images[train], train_labels=labels[train],
+                                 test_images=images[test], test_labels=labels[test])
+
+# ----------------------------------------------------------------------
+# Defined in chapters/relax/mlp_tensorir.ipynb
+import gzip
+import pathlib
+
+FASHION_MNIST_CLASSES = ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat",
+                         "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot"]
+
+
+def read_idx_gz(path):
+    """Return the uint8 array stored in a gzipped IDX file (the MNIST file format)."""
+    with gzip.open(path, "rb") as f:
+        raw = f.read()
+    if len(raw) < 4 or raw[0] != 0 or raw[1] != 0 or raw[2] != 0x08:
+        raise ValueError(f"{pathlib.Path(path).name} is not an IDX file of unsigned bytes")
+    ndim = raw[3]
+    dims = tuple(int(d) for d in np.frombuffer(raw, ">i4", count=ndim, offset=4))
+    data = np.frombuffer(raw, np.uint8, offset=4 + 4 * ndim)
+    if data.size != int(np.prod(dims)):
+        raise ValueError(f"{pathlib.Path(path).name} holds {data.size} bytes, its header says {dims}")
+    return data.reshape(dims)
+
+
+def load_fashion_mnist(folder=None):
+    """Return FashionMNIST (downloaded once, md5-checked) as 28x28 float32 images in [0, 1] with its train/test split."""
+    mirror = "http://fashion-mnist.s3-website.eu-central-1.amazonaws.com/"
+    files = {"train_images": ("train-images-idx3-ubyte.gz", "8d4fb7e6c68d591d4c3dfef9ec88bf0d"),
+             "train_labels": ("train-labels-idx1-ubyte.gz", "25c81989df183df01b3e8a0aad5dffbe"),
+             "test_images": ("t10k-images-idx3-ubyte.gz", "bef4ecab320f06d8554ea6380940ec79"),
+             "test_labels": ("t10k-labels-idx1-ubyte.gz", "bb300cfdad3c16e7a12a480ee83cd310")}
+    arrays = {key: read_idx_gz(download(mirror + name, md5, folder=folder, algorithm="md5"))
+              for key, (name, md5) in files.items()}
+    return types.SimpleNamespace(
+        name="fashion_mnist", classes=list(FASHION_MNIST_CLASSES),
+        train_images=(arrays["train_images"] / np.float32(255)).astype("float32"),
+        train_labels=arrays["train_labels"].astype("int64"),
+        test_images=(arrays["test_images"] / np.float32(255)).astype("float32"),
+        test_labels=arrays["test_labels"].astype("int64"))
+
+
+def load_mlp_data():
+    """Return FashionMNIST when it can be downloaded, else (with a notice) the 28x28 handwritten digits."""
+    try:
+        return load_fashion_mnist()
+    except DownloadError as err:
+        reason = str(err).split(": download ")[0]
+        print(f"FashionMNIST unavailable: {reason}.\n"
+              "Using the stand-in instead: scikit-learn's handwritten digits, upsampled to 28x28.")
+        return load_digits_28x28()
+
+# ----------------------------------------------------------------------
+# Defined in chapters/relax/mlp_tensorir.ipynb
+def train_mlp(images, labels, hidden=128, epochs=20, batch_size=64, lr=0.1, seed=0):
+    """Train a 784-hidden-10 ReLU MLP with torch, deterministically; return its float32 weights w0, b0, w1, b1."""
+    import torch
+    images = np.asarray(images, dtype="float32")
+    labels = np.asarray(labels)
+    if images.ndim < 2 or labels.shape != images.shape[:1] or len(labels) == 0:
+        raise ValueError(f"need images of shape (N, ...) and N labels, got {images.shape} and {labels.shape}")
+    if not np.issubdtype(labels.dtype, np.integer) or labels.min() < 0 or labels.max() > 9:
+        raise ValueError("labels must be integers from 0 to 9")
+    x = torch.from_numpy(images.reshape(len(images), -1))
+    y = torch.from_numpy(labels.astype("int64"))
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)            # one thread: the same sums in the same order on every run
+    try:
+        with torch.random.fork_rng():   # seed torch here without disturbing the caller's generator
+            torch.manual_seed(seed)
+            net = torch.nn.Sequential(torch.nn.Linear(x.shape[1], hidden), torch.nn.ReLU(),
+                                      torch.nn.Linear(hidden, 10))
+            order = torch.Generator().manual_seed(seed)
+            opt = torch.optim.SGD(net.parameters(), lr=lr, momentum=0.9)
+            for _ in range(epochs):
+                perm = torch.randperm(len(x), generator=order)
+                for start in range(0, len(x), batch_size):
+                    batch = perm[start:start + batch_size]
+                    loss = torch.nn.functional.cross_entropy(net(x[batch]), y[batch])
+                    opt.zero_grad()
+                    loss.backward()
+                    opt.step()
+    finally:
+        torch.set_num_threads(threads)
+    first, second = net[0], net[2]
+    return {name: t.detach().numpy().astype("float32").copy() for name, t in
+            [("w0", first.weight), ("b0", first.bias), ("w1", second.weight), ("b1", second.bias)]}
+
+# ----------------------------------------------------------------------
+# Defined in chapters/relax/mlp_tensorir.ipynb
+import io
+import pathlib
+import zipfile
+
+MLP_PARAM_NAMES = ("w0", "b0", "w1", "b1")
+
+
+def save_mlp_params(params, path):
+    """Save MLP weights w0, b0, w1, b1 as an .npz file whose bytes depend only on the values."""
+    missing = [k for k in MLP_PARAM_NAMES if k not in params]
+    if missing:
+        raise ValueError(f"params lacks {missing}; it needs {list(MLP_PARAM_NAMES)}")
+    with zipfile.ZipFile(path, "w", zipfile.ZIP_STORED) as archive:
+        for name in MLP_PARAM_NAMES:
+            buffer = io.BytesIO()
+            np.lib.format.write_array(buffer, np.ascontiguousarray(params[name], dtype="float32"))
+            # a fixed time stamp (np.savez stores the current time), so equal weights give equal files
+            archive.writestr(zipfile.ZipInfo(name + ".npy", date_time=(1980, 1, 1, 0, 0, 0)),
+                             buffer.getvalue())
+    return pathlib.Path(path)
+
+
+def mlp_params_path():
+    """Return the path of the MLP weights the book ships: data/mlp_digits.npz next to the d2ltvm package."""
+    import d2ltvm
+    return pathlib.Path(d2ltvm.__file__).resolve().parent.parent / "data" / "mlp_digits.npz"
+
+
+def load_mlp_params(path=None, checksum="7fc40d9288652e03b0793d2fb3b88ba347c815699fb7008c41aabd724cd4cb06"):
+    """Return the MLP weights w0, b0, w1, b1 from `path` (default: the book's data/mlp_digits.npz), checksum-verified."""
+    path = mlp_params_path() if path is None else pathlib.Path(path)
+    remake = "regenerate it with `python tools/make_mlp_weights.py` in the book's folder"
+    if not path.is_file():
+        raise FileNotFoundError(f"MLP weights {path.name} not found at {path}: {remake}")
+    if checksum is not None:
+        actual = file_hash(path)
+        if not actual.startswith(checksum.lower()):
+            raise ValueError(f"{path.name} has sha256 {actual}, not {checksum}: the file is corrupt or "
+                             f"was made by another recipe; {remake}")
+    try:
+        with np.load(path, allow_pickle=False) as archive:
+            params = {name: archive[name] for name in MLP_PARAM_NAMES}
+    except (KeyError, ValueError, OSError, zipfile.BadZipFile) as err:
+        raise ValueError(f"{path.name} is not an MLP weight file with {list(MLP_PARAM_NAMES)}: {err}") from err
+    w0, b0, w1, b1 = (params[name] for name in MLP_PARAM_NAMES)
+    consistent = (w0.ndim == 2 and w1.ndim == 2 and b0.shape == w0.shape[:1]
+                  and w1.shape[1:] == w0.shape[:1] and b1.shape == w1.shape[:1])
+    if not consistent or any(p.dtype != np.float32 for p in params.values()):
+        raise ValueError(f"{path.name} holds inconsistent weights: "
+                         + ", ".join(f"{k} {v.shape} {v.dtype}" for k, v in params.items()))
+    return params
+
+# ----------------------------------------------------------------------
+# Defined in chapters/relax/mlp_tensorir.ipynb
+def numpy_mlp(data, w0, b0, w1, b1):
+    """Return the MLP's class scores (N, 10) for `data` (N, 784): linear, ReLU, linear, in numpy."""
+    data = np.asarray(data)
+    if data.ndim != 2 or data.shape[1] != w0.shape[1]:
+        raise ValueError(f"data must have shape (N, {w0.shape[1]}), got {data.shape}")
+    lv0 = data @ w0.T + b0
+    lv1 = np.maximum(lv0, 0)
+    return lv1 @ w1.T + b1
+
+# ----------------------------------------------------------------------
 # Defined in chapters/relax/blockbuilder_fx.ipynb
 import tvm
 from tvm import te

@@ -101,3 +101,15 @@ def test_the_marker_must_be_the_first_line(tmp_path):
         def late():
             pass""")]})
     assert "def late" not in sync_package.generate(root)
+
+
+def test_import_d2ltvm_stays_light():
+    """Frameworks are imported inside the helpers that need them, not by `import d2ltvm`."""
+    import subprocess
+    import sys
+    # `import tvm` itself loads torch when it is installed (for DLPack interop), so compare with it.
+    code = ("import sys, tvm; before = set(sys.modules); import d2ltvm; "
+            "heavy = [m for m in ('torch', 'torchvision', 'mxnet', 'keras', 'onnx', 'sklearn', 'matplotlib') "
+            "if m in sys.modules and m not in before]; print(heavy); sys.exit(1 if heavy else 0)")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT)
+    assert result.returncode == 0, f"import d2ltvm imported {result.stdout.strip()} {result.stderr[-2000:]}"
