@@ -278,6 +278,42 @@ def test_mxnet_offline_without_cache_falls_back(tmp_path, offline, capsys):
     assert list(tmp_path.iterdir()) == []
 
 
+def test_mxnet_online_path_uses_mxnets_downloader_then_verifies(tmp_path, monkeypatch, capsys):
+    """Online, a missing file is fetched by MXNet's downloader (faked here) and checked by d2ltvm.download."""
+    mx = d2ltvm.import_mxnet()
+    source = tmp_path / "server"
+    source.mkdir()
+    sha1, _ = fabricated_mxnet_params(source)
+    calls = []
+
+    def fake_get_model_file(name, root):
+        calls.append(name)
+        (pathlib.Path(root)).mkdir(parents=True, exist_ok=True)
+        target = pathlib.Path(root) / f"resnet18_v2-{sha1[:8]}.params"
+        target.write_bytes((source / target.name).read_bytes())
+        return str(target)
+
+    monkeypatch.setenv("D2LTVM_OFFLINE", "0")
+    monkeypatch.setattr(mx.gluon.model_zoo.model_store, "get_model_file", fake_get_model_file)
+    net, pretrained = d2ltvm.load_mxnet_resnet18_v2(folder=tmp_path / "cache", sha1=sha1)
+    assert pretrained is True and calls == ["resnet18_v2"]
+    assert "notice" not in capsys.readouterr().out
+
+
+def test_mxnet_failed_download_falls_back(tmp_path, monkeypatch, capsys):
+    mx = d2ltvm.import_mxnet()
+
+    def failing_get_model_file(name, root):
+        raise OSError("network unreachable")
+
+    monkeypatch.setenv("D2LTVM_OFFLINE", "0")
+    monkeypatch.setattr(mx.gluon.model_zoo.model_store, "get_model_file", failing_get_model_file)
+    net, pretrained = d2ltvm.load_mxnet_resnet18_v2(folder=tmp_path)
+    assert pretrained is False
+    out = capsys.readouterr().out
+    assert "could not download" in out and "OSError: network unreachable" in out and "meaningless" in out
+
+
 def test_published_mxnet_checksum_matches_mxnet():
     mx = d2ltvm.import_mxnet()
     assert mx.gluon.model_zoo.model_store._model_sha1["resnet18_v2"] == d2ltvm.MXNET_RESNET18_V2_SHA1
