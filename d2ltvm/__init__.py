@@ -121,6 +121,284 @@ def download(url, checksum, filename=None, folder=None, algorithm="sha256", time
     return target
 
 # ----------------------------------------------------------------------
+# Defined in chapters/compiling_models/resnet18.ipynb
+import sys
+import warnings
+
+_TORCHVISION_SCHEMAS = []  # keeps the operator schemas declared by import_torchvision alive
+
+
+def import_torchvision():
+    """Import and return torchvision; if its compiled ops are missing (CUDA wheel, CPU torch), declare their schemas first."""
+    import torch
+    try:
+        import torchvision
+    except RuntimeError as err:
+        if "torchvision::nms" not in str(err):
+            raise
+        # Forget the half-imported package, declare the two operators its Python code refers to,
+        # and import again. No kernel is registered: torchvision.ops.nms itself stays unusable.
+        for name in [n for n in sys.modules if n == "torchvision" or n.startswith("torchvision.")]:
+            del sys.modules[name]
+        library = torch.library.Library("torchvision", "DEF")
+        library.define("nms(Tensor dets, Tensor scores, float iou_threshold) -> Tensor")
+        library.define("qnms(Tensor dets, Tensor scores, float iou_threshold) -> Tensor")
+        _TORCHVISION_SCHEMAS.append(library)
+        import torchvision
+    return torchvision
+
+
+def import_mxnet():
+    """Import and return mxnet 1.9.1, first restoring the alias numpy.bool that it uses and numpy 1.24 removed."""
+    import numpy
+    if "bool" not in numpy.__dict__:
+        numpy.bool = bool  # exactly what numpy.bool was before numpy 1.24
+    torch = sys.modules.get("torch")
+    threads = torch.get_num_threads() if torch is not None else None
+    with warnings.catch_warnings():  # MXNet's own uses of APIs that numpy and distutils deprecated
+        warnings.simplefilter("ignore", DeprecationWarning)
+        import mxnet
+    if threads is not None:
+        torch.set_num_threads(threads)  # importing mxnet sets the shared OpenMP thread count to 1
+    return mxnet
+
+# ----------------------------------------------------------------------
+# Defined in chapters/compiling_models/resnet18.ipynb
+import pathlib
+import urllib.parse
+
+RESNET18_URL = "https://download.pytorch.org/models/resnet18-f37072fd.pth"
+RESNET18_SHA256_PREFIX = "f37072fd"  # torchvision publishes only these 8 hex digits
+
+
+def load_resnet18(folder=None, url=RESNET18_URL, checksum=RESNET18_SHA256_PREFIX, seed=0):
+    """Return (model, pretrained): torchvision's ResNet-18 in eval mode, with ImageNet weights if available, else seeded random ones."""
+    import torch
+    models = import_torchvision().models
+    filename = pathlib.PurePosixPath(urllib.parse.urlparse(url).path).name
+    cached = (pathlib.Path(folder) if folder is not None else cache_dir()) / filename
+    if cached.exists():
+        path = download(url, checksum, folder=folder)  # verifies it; a damaged file raises DownloadError
+    else:
+        try:
+            path = download(url, checksum, folder=folder)
+        except DownloadError as err:
+            reason = "offline" if is_offline() else str(err)
+            print(f"notice: pretrained ResNet-18 weights unavailable ({reason}): using seeded random "
+                  f"weights (seed {seed}), so the predicted labels are meaningless. To use the real "
+                  f"ones, save {url} into d2ltvm.cache_dir()")
+            with torch.random.fork_rng(devices=[]):  # leave the caller's random state alone
+                torch.manual_seed(seed)
+                return models.resnet18(weights=None).eval(), False
+    model = models.resnet18(weights=None)
+    try:
+        model.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
+    except Exception as err:
+        raise ValueError(f"{path} has the expected checksum but is not a ResNet-18 state dict "
+                         f"({type(err).__name__}: {err})") from err
+    return model.eval(), True
+
+# ----------------------------------------------------------------------
+# Defined in chapters/compiling_models/resnet18.ipynb
+def imagenet_labels():
+    """Return the names of the 1000 ImageNet-1k classes, in the order of the networks' outputs."""
+    models = import_torchvision().models
+    return list(models.ResNet18_Weights.IMAGENET1K_V1.meta["categories"])
+
+# ----------------------------------------------------------------------
+# Defined in chapters/compiling_models/resnet18.ipynb
+def load_sample_image():
+    """Return matplotlib's sample photo grace_hopper.jpg (512x600, RGB) as a PIL image."""
+    import matplotlib.cbook
+    from PIL import Image
+    with Image.open(matplotlib.cbook.get_sample_data("grace_hopper.jpg", asfileobj=False)) as image:
+        return image.convert("RGB")
+
+# ----------------------------------------------------------------------
+# Defined in chapters/compiling_models/resnet18.ipynb
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+_RGB_CONVERTIBLE = ("RGB", "L", "1", "P", "CMYK", "YCbCr")
+_WITH_ALPHA = ("RGBA", "RGBa", "LA", "PA")
+
+
+def image_to_rgb(image):
+    """Return a PIL image or uint8 array as an RGB PIL image, compositing transparency over white; refuse ambiguous modes."""
+    from PIL import Image
+    if isinstance(image, np.ndarray):
+        if image.dtype != np.uint8:
+            raise ValueError(f"expected 8-bit pixels (uint8, 0-255), got an array of dtype {image.dtype}: "
+                             "scale it to 0-255 and convert it with .astype(np.uint8) first")
+        if image.ndim == 3 and image.shape[2] == 1:
+            image = image[:, :, 0]
+        if not (image.ndim == 2 or (image.ndim == 3 and image.shape[2] in (3, 4))):
+            raise ValueError(f"expected an array of shape (height, width), (height, width, 3) or "
+                             f"(height, width, 4), got {image.shape}")
+        image = Image.fromarray(image)
+    elif not isinstance(image, Image.Image):
+        raise TypeError(f"expected a PIL image or a numpy uint8 array, got {type(image).__name__}")
+    if min(image.size) == 0:
+        raise ValueError(f"the image has no pixels (size {image.size})")
+    if image.mode == "P" and "transparency" in image.info:
+        image = image.convert("RGBA")
+    if image.mode in _WITH_ALPHA:
+        white = Image.new("RGBA", image.size, (255, 255, 255, 255))
+        return Image.alpha_composite(white, image.convert("RGBA")).convert("RGB")
+    if image.mode in _RGB_CONVERTIBLE:
+        return image.convert("RGB")
+    raise ValueError(f"image mode {image.mode!r} is not supported: it is not an 8-bit color or grayscale "
+                     f"mode, and mapping its values to 0-255 is a choice to make explicitly (for example "
+                     f"rescale to 8 bits and convert to 'L' or 'RGB') before calling this function")
+
+
+def image_preprocessing(image, size=224, resize=256):
+    """Return a (1, 3, size, size) float32 NCHW array: shorter side resized, center crop, ImageNet mean/std."""
+    from PIL import Image
+    if not (isinstance(size, int) and isinstance(resize, int) and 0 < size <= resize):
+        raise ValueError(f"need integers 0 < size <= resize, got size={size!r}, resize={resize!r}")
+    image = image_to_rgb(image)
+    width, height = image.size
+    # The shorter side becomes `resize`; the longer one keeps the aspect ratio (rounded down).
+    if width <= height:
+        new_size = (resize, int(resize * height / width))
+    else:
+        new_size = (int(resize * width / height), resize)
+    image = image.resize(new_size, Image.BILINEAR)
+    left = int(round((new_size[0] - size) / 2.0))
+    top = int(round((new_size[1] - size) / 2.0))
+    image = image.crop((left, top, left + size, top + size))
+    pixels = np.asarray(image, dtype="float32") / 255  # height x width x 3, values in [0, 1]
+    pixels = (pixels - np.array(IMAGENET_MEAN, "float32")) / np.array(IMAGENET_STD, "float32")
+    return np.ascontiguousarray(pixels.transpose(2, 0, 1)[np.newaxis], dtype="float32")
+
+# ----------------------------------------------------------------------
+# Defined in chapters/compiling_models/resnet18.ipynb
+def top_predictions(logits, labels, k=5):
+    """Return the k most likely (label, probability) pairs for one row of logits, by softmax."""
+    scores = np.asarray(logits, dtype="float64").reshape(-1)
+    if scores.size != len(labels):
+        raise ValueError(f"got {scores.size} scores for {len(labels)} labels")
+    probabilities = np.exp(scores - scores.max())
+    probabilities /= probabilities.sum()
+    best = np.argsort(-probabilities, kind="stable")[:k]
+    return [(labels[i], float(probabilities[i])) for i in best]
+
+# ----------------------------------------------------------------------
+# Defined in chapters/compiling_models/resnet18.ipynb
+MXNET_RESNET18_V2_SHA1 = "a81db45fd7b7a2d12ab97cd88ef0a5ac48b8f657"  # from mxnet's model_store.py
+MXNET_MODEL_ZOO = "https://apache-mxnet.s3-accelerate.dualstack.amazonaws.com/gluon/models/"
+
+
+def load_mxnet_resnet18_v2(folder=None, sha1=MXNET_RESNET18_V2_SHA1, seed=0):
+    """Return (net, pretrained): MXNet's model-zoo resnet18_v2, with ImageNet weights if available, else seeded random ones."""
+    mx = import_mxnet()
+    folder = pathlib.Path(folder) if folder is not None else cache_dir()
+    stem = f"resnet18_v2-{sha1[:8]}"
+    url = MXNET_MODEL_ZOO + stem + ".zip"  # a zip archive holding {stem}.params
+    cached = folder / f"{stem}.params"
+    net = mx.gluon.model_zoo.vision.resnet18_v2(pretrained=False)
+    if cached.exists():
+        path = download(url, sha1, filename=cached.name, folder=folder, algorithm="sha1")  # verifies it
+    else:
+        try:
+            if is_offline():
+                raise DownloadError("offline")
+            try:  # MXNet's downloader unzips the archive and checks the published SHA-1
+                mx.gluon.model_zoo.model_store.get_model_file("resnet18_v2", root=str(folder))
+            except Exception as err:
+                raise DownloadError(f"could not download {url} ({type(err).__name__}: {err})") from err
+            path = download(url, sha1, filename=cached.name, folder=folder, algorithm="sha1")
+        except DownloadError as err:
+            reason = "offline" if is_offline() else str(err)
+            print(f"notice: pretrained resnet18_v2 weights unavailable ({reason}): using seeded random "
+                  f"weights (seed {seed}), so the predicted labels are meaningless. To use the real "
+                  f"ones, unzip {url} into d2ltvm.cache_dir()")
+            mx.random.seed(seed)
+            net.initialize(mx.init.Xavier())
+            net(mx.nd.zeros((1, 3, 32, 32)))  # draw the weights now (Gluon defers it to the first call)
+            return net, False
+    try:
+        net.load_parameters(str(path))
+    except Exception as err:
+        raise ValueError(f"{path} has the expected checksum but does not hold resnet18_v2 parameters "
+                         f"({type(err).__name__}: {err})") from err
+    return net, True
+
+# ----------------------------------------------------------------------
+# Defined in chapters/compiling_models/resnet18.ipynb
+import contextlib
+import os
+import tempfile
+
+
+@contextlib.contextmanager
+def hide_tvm_scope_logs():
+    """Drop the 'Scope Saving/Loaded' lines TVM's C++ runtime writes to file descriptor 2 while (de)serializing a VM."""
+    # Python's sys.stderr cannot silence output that C++ writes to the descriptor itself, so the
+    # descriptor is pointed at a temporary file meanwhile; every other line is passed on.
+    sys.stderr.flush()
+    saved_stderr = os.dup(2)
+    with tempfile.TemporaryFile() as log:
+        os.dup2(log.fileno(), 2)
+        try:
+            yield
+        finally:
+            os.dup2(saved_stderr, 2)
+            os.close(saved_stderr)
+            log.seek(0)
+            other = [line for line in log.read().decode(errors="replace").splitlines()
+                     if "Scope Saving:" not in line and "Scope Loaded:" not in line]
+            if other:
+                print("\n".join(other), file=sys.stderr)
+
+
+def main_argument_names(executable_or_module):
+    """Return the names of the arguments of the function `main` of a compiled Relax executable or loaded library."""
+    import tvm
+    from tvm import relax
+    vm = relax.VirtualMachine(executable_or_module, tvm.cpu())
+    arity = vm.module["get_function_arity"]("main")
+    return [vm.module["get_function_param_name"]("main", i) for i in range(arity)]
+
+
+def export_compiled_model(executable, weights, folder, name="model"):
+    """Write name.so (kernels, VM bytecode) and name.params (weights, by argument name) into folder; return both paths."""
+    import tvm
+    folder = pathlib.Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    weights = list(weights)
+    names = main_argument_names(executable)
+    if len(weights) >= len(names):
+        raise ValueError(f"main takes {len(names)} arguments, so it cannot take {len(weights)} weights "
+                         "after at least one input")
+    library, params = folder / f"{name}.so", folder / f"{name}.params"
+    with hide_tvm_scope_logs():
+        executable.export_library(str(library))
+    tvm.runtime.save_param_dict_to_file(dict(zip(names[-len(weights):], weights)), str(params))
+    return library, params
+
+
+def load_compiled_model(folder, name="model", device=None):
+    """Return (vm, weights) from the files of export_compiled_model: call vm["main"](*inputs, *weights)."""
+    import tvm
+    from tvm import relax
+    folder = pathlib.Path(folder)
+    library, params = folder / f"{name}.so", folder / f"{name}.params"
+    for path in (library, params):
+        if not path.exists():
+            raise FileNotFoundError(f"{path} does not exist: write it with export_compiled_model(..., name={name!r})")
+    with hide_tvm_scope_logs():
+        module = tvm.runtime.load_module(str(library))
+    names = main_argument_names(module)
+    saved = dict(tvm.runtime.load_param_dict_from_file(str(params)))
+    first = len(names) - len(saved)
+    if first < 1 or sorted(names[first:]) != sorted(saved):
+        raise ValueError(f"{params.name} holds weights named {sorted(saved)[:3]}..., but main's arguments "
+                         f"are {names[:3]}...: the two files do not belong together")
+    vm = relax.VirtualMachine(module, device or tvm.cpu())
+    return vm, [saved[n] for n in names[first:]]
+
+# ----------------------------------------------------------------------
 # Defined in chapters/relax/mlp_tensorir.ipynb
 import types
 
