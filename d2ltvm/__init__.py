@@ -749,3 +749,335 @@ def op_fx_maps():
                  torch.flatten: flatten}
     modules = {torch.nn.Linear: linear, torch.nn.ReLU: nn_relu, torch.nn.Flatten: nn_flatten}
     return functions, modules
+
+# ----------------------------------------------------------------------
+# Defined in chapters/performance/performance.ipynb
+import json
+import pathlib
+
+
+def torch_to_relax(model, example):
+    """Export a torch module with torch.export and import it into Relax; return (IRModule, weights list)."""
+    import torch
+    from tvm import relax
+    from tvm.relax.frontend.torch import from_exported_program
+    with torch.no_grad():
+        exported = torch.export.export(model.eval(), (example,))
+    mod = from_exported_program(exported, keep_params_as_input=True, unwrap_unit_return_tuple=True)
+    mod, params = relax.frontend.detach_params(mod)
+    return mod, list(params["main"])
+
+
+def mlp_torch_model(params=None):
+    """Return the book's MLP 784-128-10 as a torch module, with the weights of load_mlp_params (or PARAMS)."""
+    import torch
+    params = load_mlp_params() if params is None else params
+    model = torch.nn.Sequential(torch.nn.Linear(784, 128), torch.nn.ReLU(), torch.nn.Linear(128, 10))
+    with torch.no_grad():
+        for layer, (w, b) in zip((model[0], model[2]), (("w0", "b0"), ("w1", "b1"))):
+            layer.weight.copy_(torch.from_numpy(params[w]))
+            layer.bias.copy_(torch.from_numpy(params[b]))
+    return model.eval()
+
+
+def performance_workloads(name, batch_sizes=None, seed=0):
+    """Return the chapter's workloads for NAME ('resnet18' or 'mlp') as dicts: label, model, input, mod, weights."""
+    import torch
+    if name == "resnet18":
+        model, _ = load_resnet18(seed=seed)
+        shapes = [(b, 3, 224, 224) for b in (batch_sizes or [1])]
+    elif name == "mlp":
+        model = mlp_torch_model()
+        shapes = [(b, 784) for b in (batch_sizes or [1, 64])]
+    else:
+        raise ValueError(f"unknown workload {name!r}: expected 'resnet18' or 'mlp'")
+    generator = torch.Generator().manual_seed(seed)
+    workloads = []
+    for shape in shapes:
+        example = torch.rand(shape, generator=generator)
+        mod, weights = torch_to_relax(model, example)
+        workloads.append({"label": f"{name} batch{shape[0]}", "model": model, "input": example,
+                          "mod": mod, "weights": weights})
+    return workloads
+
+
+def tuning_target(mcpu="znver5", num_cores=2):
+    """Return the LLVM target the book's tuning database was measured for (AMD Zen 5, 2 cores)."""
+    import tvm
+    return tvm.target.Target({"kind": "llvm", "mcpu": mcpu, "num-cores": num_cores})
+
+
+def prepare_for_tuning(mod, target):
+    """Run the steps of Relax's static_shape_tuning pipeline that come before tuning (legalize, fuse, mark weights)."""
+    import tvm
+    from tvm import relax
+    with tvm.target.Target(target):
+        return tvm.transform.Sequential([
+            relax.transform.DecomposeOpsForInference(),
+            relax.transform.CanonicalizeBindings(),
+            relax.pipeline.zero_pipeline(),
+            relax.transform.AttachAttrLayoutFreeBuffers(),
+        ])(mod)
+
+
+def compact_tuning_database(work_dir, out_dir):
+    """Copy the best record of every workload from the JSON database in WORK_DIR to OUT_DIR; return the count."""
+    from tvm.s_tir import meta_schedule as ms
+    work_dir, out_dir = pathlib.Path(work_dir), pathlib.Path(out_dir)
+    source = open_tuning_database(work_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    for stale in ("database_workload.json", "database_tuning_record.json"):
+        (out_dir / stale).unlink(missing_ok=True)
+    target_db = ms.database.JSONDatabase(work_dir=str(out_dir))
+    import tvm
+    count, seen = 0, set()
+    for record in source.get_all_tuning_records():
+        key = tvm.ir.structural_hash(record.workload.mod)
+        if key in seen:
+            continue
+        seen.add(key)
+        best = source.get_top_k(record.workload, 1)
+        if best:
+            workload = target_db.commit_workload(record.workload.mod)
+            target_db.commit_tuning_record(ms.database.TuningRecord(
+                best[0].trace, workload, best[0].run_secs, best[0].target, best[0].args_info))
+            count += 1
+    return count
+
+
+TUNE_COMMAND = "python tools/tune_resnet18.py --model {model} --trials 600"
+
+
+def open_tuning_database(folder, model="resnet18"):
+    """Open the MetaSchedule JSON database in FOLDER, with a clear error if it is missing."""
+    from tvm.s_tir import meta_schedule as ms
+    folder = pathlib.Path(folder)
+    files = [folder / "database_workload.json", folder / "database_tuning_record.json"]
+    missing = [f for f in files if not f.is_file()]
+    if missing:
+        raise FileNotFoundError(f"no tuning database at {folder} ({missing[0].name} is missing): build it "
+                                f"with `{TUNE_COMMAND.format(model=model)}` from the book's folder")
+    return ms.database.JSONDatabase(path_workload=str(files[0]), path_tuning_record=str(files[1]),
+                                    allow_missing=False)
+
+# ----------------------------------------------------------------------
+# Defined in chapters/performance/performance.ipynb
+_TORCH_KERNELS = {}  # name -> Python function registered with TVM; kept alive for the process
+
+
+def register_torch_kernel(name, function):
+    """Register FUNCTION as TVM global function NAME (once per process); return NAME."""
+    if name not in _TORCH_KERNELS:
+        tvm.register_global_func(name, function, override=True)
+        _TORCH_KERNELS[name] = function
+    return name
+
+
+def torch_conv2d_kernel(strides, padding, dilation, groups):
+    """Register and name a destination-passing conv2d(data, weight, out) computed by torch for these attributes."""
+    strides, padding, dilation = (tuple(int(v) for v in t) for t in (strides, padding, dilation))
+    groups = int(groups)
+    name = "d2ltvm.torch_conv2d.s{}x{}.p{}x{}.d{}x{}.g{}".format(*strides, *padding, *dilation, groups)
+
+    def conv2d(data, weight, out):
+        import torch
+        result = torch.nn.functional.conv2d(torch.from_dlpack(data), torch.from_dlpack(weight),
+                                            None, strides, padding, dilation, groups)
+        torch.from_dlpack(out).copy_(result)
+
+    return register_torch_kernel(name, conv2d)
+
+
+def torch_matmul_kernel():
+    """Register and name a destination-passing matmul(a, b, out) computed by torch.matmul into `out`."""
+    def matmul(a, b, out):
+        import torch
+        torch.matmul(torch.from_dlpack(a), torch.from_dlpack(b), out=torch.from_dlpack(out))
+
+    return register_torch_kernel("d2ltvm.torch_matmul", matmul)
+
+
+def dispatch_to_torch(mod, ops=("conv2d", "matmul")):
+    """Return a copy of MOD where every float32 R.nn.conv2d (NCHW/OIHW, symmetric padding) and 2-D R.matmul in OPS calls torch via call_dps_packed."""
+    from tvm import relax
+    unknown = set(ops) - {"conv2d", "matmul"}
+    if unknown:
+        raise ValueError(f"dispatch_to_torch cannot dispatch {sorted(unknown)}: it knows conv2d and matmul")
+    conv2d_op, matmul_op = tvm.ir.Op.get("relax.nn.conv2d"), tvm.ir.Op.get("relax.matmul")
+
+    @relax.expr_functor.mutator
+    class TorchDispatcher(relax.PyExprMutator):
+        def visit_call_(self, call):
+            call = self.visit_expr_post_order(call)  # rewrite the arguments first
+            out_type = call.ty
+            if not isinstance(out_type, relax.TensorType) or out_type.dtype != "float32":
+                return call
+            if "conv2d" in ops and call.op.same_as(conv2d_op):
+                a = call.attrs
+                top, left, bottom, right = (int(p) for p in a.padding)
+                if (a.data_layout, a.kernel_layout, a.out_layout) != ("NCHW", "OIHW", "NCHW") \
+                        or (top, left) != (bottom, right):
+                    return call  # torch's conv2d takes NCHW/OIHW and symmetric padding only
+                name = torch_conv2d_kernel(a.strides, (top, left), a.dilation, a.groups)
+                return relax.call_dps_packed(name, [call.args[0], call.args[1]], out_type)
+            if "matmul" in ops and call.op.same_as(matmul_op) \
+                    and all(arg.ty.ndim == 2 for arg in call.args):
+                return relax.call_dps_packed(torch_matmul_kernel(), list(call.args), out_type)
+            return call
+
+    result = tvm.IRModule(attrs=mod.attrs)
+    for gvar, func in mod.functions.items():
+        if isinstance(func, relax.Function):
+            func = TorchDispatcher(mod).visit_expr(func)
+        result[gvar] = func
+    return result
+
+
+def count_relax_ops(mod, name):
+    """Count the calls to the Relax operator NAME (e.g. 'relax.nn.conv2d') in the Relax functions of MOD."""
+    from tvm import relax
+    op, calls = tvm.ir.Op.get(name), []
+    for func in mod.functions.values():
+        if isinstance(func, relax.Function):
+            relax.analysis.post_order_visit(
+                func, lambda e: calls.append(e) if isinstance(e, relax.Call) and e.op.same_as(op) else None)
+    return len(calls)
+
+# ----------------------------------------------------------------------
+# Defined in chapters/performance/performance.ipynb
+class CompiledModel:
+    """A compiled Relax model with its weights bound: call it with a numpy input, get a numpy output."""
+
+    def __init__(self, executable, weights, device=None):
+        from tvm import relax
+        self.device = device or tvm.cpu()
+        self.vm = relax.VirtualMachine(executable, self.device)
+        weights = [w if isinstance(w, tvm.runtime.Tensor) else tvm.runtime.tensor(w, self.device)
+                   for w in weights]
+        if "main_transform_params" in list_vm_functions(self.vm):
+            # Weight prepacking moved the weights' layout changes into their own function: run it once.
+            weights = list(self.vm["main_transform_params"](weights))
+        self.weights = weights
+        self.main = self.vm["main"]
+
+    def run(self, data):
+        """Run main on a TVM tensor (no copies); return the TVM output."""
+        return self.main(data, *self.weights)
+
+    def __call__(self, data):
+        return self.run(tvm.runtime.tensor(np.asarray(data, dtype="float32"), self.device)).numpy()
+
+
+def list_vm_functions(vm):
+    """Return the names of the functions a Relax VirtualMachine offers that matter here."""
+    return [name for name in ("main", "main_transform_params") if vm.module.implements_function(name)]
+
+
+def compile_relax(mod, weights, target="llvm", pipeline=None):
+    """Compile MOD (default: Relax's 'zero' pipeline after lifting weight-only work) and return a CompiledModel."""
+    from tvm import relax
+    if pipeline is None:
+        # Work that depends only on the weights (e.g. transposing them for a matmul) moves into
+        # main_transform_params, which CompiledModel runs once; then legalize and fuse.
+        pipeline = tvm.transform.Sequential([relax.transform.LiftTransformParams(),
+                                             relax.pipeline.zero_pipeline()])
+    # Every pipeline above stops at fused TensorIR; the default build passes lower it for the VM.
+    full = tvm.transform.Sequential([pipeline, relax.get_pipeline("default")])
+    executable = tvm.compile(mod, target=target, relax_pipeline=full)
+    return CompiledModel(executable, weights)
+
+
+def compile_tuned(mod, weights, database_dir, target=None, model="resnet18"):
+    """Compile MOD with the records of the tuning database in DATABASE_DIR applied (no search); return a CompiledModel."""
+    from tvm import relax
+    target = target or tuning_target()
+    open_tuning_database(database_dir, model)  # a clear error if the folder is missing
+    pipeline = relax.get_pipeline("static_shape_tuning", target=target, work_dir=str(database_dir),
+                                  total_trials=0, cpu_weight_prepack=True)
+    return compile_relax(mod, weights, target, pipeline)
+
+# ----------------------------------------------------------------------
+# Defined in chapters/performance/performance.ipynb
+import statistics
+import time
+
+
+def median_seconds(function, repeats=25, warmup=3, min_sample_seconds=2e-3, max_number=1000):
+    """Median wall time in seconds of one call of FUNCTION, over REPEATS samples after WARMUP calls."""
+    for _ in range(warmup):
+        function()
+    number = 1  # calls per sample: enough that one sample lasts MIN_SAMPLE_SECONDS (timer resolution)
+    while number < max_number:
+        start = time.perf_counter()
+        for _ in range(number):
+            function()
+        if time.perf_counter() - start >= min_sample_seconds:
+            break
+        number *= 2
+    samples = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        for _ in range(number):
+            function()
+        samples.append((time.perf_counter() - start) / number)
+    return statistics.median(samples)
+
+
+def benchmark_table(workload, seconds, baseline="torch"):
+    """Turn {method: median seconds} into rows {workload, method, ms, ratio} with ratio = time / baseline's time."""
+    if baseline not in seconds:
+        raise ValueError(f"the baseline {baseline!r} was not measured; methods: {sorted(seconds)}")
+    bad = {m: s for m, s in seconds.items() if not (isinstance(s, (int, float)) and s > 0)}
+    if bad:
+        raise ValueError(f"timings must be positive numbers of seconds, got {bad}")
+    base = seconds[baseline]
+    return [{"workload": workload, "method": method, "ms": s * 1e3, "ratio": s / base}
+            for method, s in seconds.items()]
+
+
+def benchmark(workload, methods, baseline="torch", **timing):
+    """Time each zero-argument callable of METHODS ({name: function}) in this process; return benchmark_table rows."""
+    seconds = {name: median_seconds(function, **timing) for name, function in methods.items()}
+    return benchmark_table(workload, seconds, baseline)
+
+
+def ratio_lines(rows, baseline="torch"):
+    """Format rows as lines like 'resnet18 batch1 tvm-tuned/torch 0.83' (time relative to the baseline; < 1 is faster)."""
+    return [f"{r['workload']} {r['method']}/{baseline} {r['ratio']:.2f}"
+            for r in rows if r["method"] != baseline]
+
+
+def plot_benchmark(rows, ax=None, baseline="torch"):
+    """Draw a bar chart of time relative to the baseline, one group of bars per workload; return the axes."""
+    import matplotlib.pyplot as plt
+    workloads = list(dict.fromkeys(r["workload"] for r in rows))
+    methods = list(dict.fromkeys(r["method"] for r in rows))
+    if ax is None:
+        _, ax = plt.subplots(figsize=(1.2 + 1.6 * len(workloads), 3.2))
+    width = 0.8 / len(methods)
+    for i, method in enumerate(methods):
+        xs, heights = [], []
+        for j, workload in enumerate(workloads):
+            for r in rows:
+                if r["workload"] == workload and r["method"] == method:
+                    xs.append(j + (i - (len(methods) - 1) / 2) * width)
+                    heights.append(r["ratio"])
+        ax.bar(xs, heights, width, label=method)
+    ax.axhline(1.0, color="black", linewidth=0.8)
+    ax.set_yscale("log")
+    ax.set_xticks(range(len(workloads)), workloads)
+    ax.set_ylabel(f"time / {baseline} time (log)")
+    ax.legend(fontsize="small")
+    return ax
+
+# ----------------------------------------------------------------------
+# Defined in chapters/performance/performance.ipynb
+def fold_batchnorm(model):
+    """Return a copy of an eval-mode torch MODEL with every BatchNorm that follows a convolution folded into it."""
+    import torch
+    from torch.fx.experimental.optimization import fuse
+    if model.training:
+        raise ValueError("fold_batchnorm needs a model in eval mode (call model.eval()): "
+                         "folding uses the BatchNorm running statistics")
+    with torch.no_grad():
+        return fuse(model, inplace=False)

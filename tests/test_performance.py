@@ -1,0 +1,180 @@
+"""Tests for the helpers of chapters/performance/performance.ipynb (offline, no timing assertions)."""
+import pathlib
+
+import numpy as np
+import pytest
+
+import d2ltvm
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+RESNET_DB = ROOT / "data" / "tuning" / "resnet18_znver5"
+MLP_DB = ROOT / "data" / "tuning" / "mlp_znver5"
+TOLERANCE = dict(rtol=1e-4, atol=1e-4)  # float32 sums in another order; a wrong kernel is far off
+
+
+@pytest.fixture(scope="module")
+def resnet():
+    return d2ltvm.performance_workloads("resnet18")[0]
+
+
+@pytest.fixture(scope="module")
+def resnet_reference(resnet):
+    import torch
+    with torch.no_grad():
+        return resnet["model"](resnet["input"]).numpy()
+
+
+@pytest.fixture(scope="module")
+def mlps():
+    return d2ltvm.performance_workloads("mlp")
+
+
+def test_shipped_database_covers_every_resnet18_task(resnet):
+    assert d2ltvm.missing_tuning_records(resnet["mod"], RESNET_DB) == []
+
+
+def test_shipped_database_covers_every_mlp_task(mlps):
+    for w in mlps:
+        assert d2ltvm.missing_tuning_records(w["mod"], MLP_DB, model="mlp") == [], w["label"]
+
+
+def test_database_records_its_target():
+    import json
+    info = json.loads((RESNET_DB / "tuning_info.json").read_text())
+    assert info["target"] == str(d2ltvm.tuning_target())
+    assert info["total_trials"] > 0 and info["workloads"] > 0
+
+
+def test_missing_records_are_reported(resnet, tmp_path):
+    # a database holding only the MLP's tasks misses every ResNet-18 task
+    missing = d2ltvm.missing_tuning_records(resnet["mod"], MLP_DB)
+    assert len(missing) > 10 and any("conv2d" in name for name in missing)
+
+
+def test_tuned_resnet18_matches_torch(resnet, resnet_reference):
+    compiled = d2ltvm.compile_tuned(resnet["mod"], resnet["weights"], RESNET_DB)
+    assert "main_transform_params" in d2ltvm.list_vm_functions(compiled.vm)  # weights were prepacked
+    np.testing.assert_allclose(compiled(resnet["input"].numpy()), resnet_reference, **TOLERANCE)
+
+
+def test_dispatched_resnet18_matches_torch(resnet, resnet_reference):
+    dispatched = d2ltvm.dispatch_to_torch(resnet["mod"])
+    assert d2ltvm.count_relax_ops(resnet["mod"], "relax.nn.conv2d") == 20
+    assert d2ltvm.count_relax_ops(dispatched, "relax.nn.conv2d") == 0
+    assert "R.nn.conv2d" not in dispatched.script()
+    assert dispatched.script().count("d2ltvm.torch_conv2d.") == 20
+    compiled = d2ltvm.compile_relax(dispatched, resnet["weights"])
+    np.testing.assert_allclose(compiled(resnet["input"].numpy()), resnet_reference, **TOLERANCE)
+
+
+def test_folded_batchnorm_matches(resnet, resnet_reference):
+    import torch
+    folded = d2ltvm.fold_batchnorm(resnet["model"])
+    with torch.no_grad():
+        np.testing.assert_allclose(folded(resnet["input"]).numpy(), resnet_reference, **TOLERANCE)
+    mod, _ = d2ltvm.torch_to_relax(folded, resnet["input"])
+    assert d2ltvm.count_relax_ops(resnet["mod"], "relax.nn.batch_norm") == 20
+    assert d2ltvm.count_relax_ops(mod, "relax.nn.batch_norm") == 0
+
+
+def test_fold_batchnorm_rejects_training_mode():
+    import torch
+    model = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.BatchNorm2d(4))
+    with pytest.raises(ValueError, match="eval mode"):
+        d2ltvm.fold_batchnorm(model)
+
+
+def test_mlp_variants_match_torch(mlps):
+    import torch
+    for w in mlps:
+        with torch.no_grad():
+            expected = w["model"](w["input"]).numpy()
+        dispatched = d2ltvm.dispatch_to_torch(w["mod"])
+        assert d2ltvm.count_relax_ops(dispatched, "relax.matmul") == 0
+        for compiled in (d2ltvm.compile_relax(w["mod"], w["weights"]),
+                         d2ltvm.compile_relax(dispatched, w["weights"]),
+                         d2ltvm.compile_tuned(w["mod"], w["weights"], MLP_DB, model="mlp")):
+            np.testing.assert_allclose(compiled(w["input"].numpy()), expected, **TOLERANCE)
+
+
+def test_dispatch_keeps_asymmetric_padding_in_tvm():
+    from tvm import relax
+    bb = relax.BlockBuilder()
+    x = relax.Var("x", relax.TensorType((1, 3, 8, 8), "float32"))
+    w = relax.Var("w", relax.TensorType((4, 3, 3, 3), "float32"))
+    with bb.function("main", [x, w]):
+        with bb.dataflow():
+            a = bb.emit(relax.op.nn.conv2d(x, w, padding=(0, 0, 1, 1)))  # torch cannot pad asymmetrically
+            b = bb.emit(relax.op.nn.conv2d(x, w, padding=1))
+            out = bb.emit_output(relax.op.add(a, b))
+        bb.emit_func_output(out)
+    dispatched = d2ltvm.dispatch_to_torch(bb.get())
+    assert d2ltvm.count_relax_ops(dispatched, "relax.nn.conv2d") == 1
+
+
+def test_dispatch_rejects_unknown_ops(resnet):
+    with pytest.raises(ValueError, match="softmax"):
+        d2ltvm.dispatch_to_torch(resnet["mod"], ops=("softmax",))
+
+
+def test_missing_database_names_path_and_command(resnet, tmp_path):
+    folder = tmp_path / "nothing_here"
+    with pytest.raises(FileNotFoundError) as info:
+        d2ltvm.compile_tuned(resnet["mod"], resnet["weights"], folder)
+    assert str(folder) in str(info.value) and "tools/tune_resnet18.py" in str(info.value)
+
+
+def test_compact_database_keeps_best_record(tmp_path):
+    import tvm
+    compact = tmp_path / "compact"
+    count = d2ltvm.compact_tuning_database(MLP_DB, compact)
+    source, result = d2ltvm.open_tuning_database(MLP_DB), d2ltvm.open_tuning_database(compact)
+    records = result.get_all_tuning_records()
+    workloads = {tvm.ir.structural_hash(r.workload.mod) for r in source.get_all_tuning_records()}
+    assert count == len(records) == len(workloads) > 0
+    for record in records:
+        best = min(sum(float(t) for t in r.run_secs) for r in source.get_all_tuning_records()
+                   if tvm.ir.structural_equal(r.workload.mod, record.workload.mod))
+        assert sum(float(t) for t in record.run_secs) == pytest.approx(best)
+
+
+def test_benchmark_table_ratios():
+    rows = d2ltvm.benchmark_table("resnet18 batch1", {"torch": 0.015, "tvm-tuned": 0.030, "tvm-dispatch": 0.0147})
+    assert [r["method"] for r in rows] == ["torch", "tvm-tuned", "tvm-dispatch"]
+    assert [round(r["ratio"], 3) for r in rows] == [1.0, 2.0, 0.98]
+    assert rows[1]["ms"] == pytest.approx(30.0)
+    assert d2ltvm.ratio_lines(rows) == ["resnet18 batch1 tvm-tuned/torch 2.00",
+                                        "resnet18 batch1 tvm-dispatch/torch 0.98"]
+
+
+@pytest.mark.parametrize("timings, message", [
+    ({"tvm-tuned": 0.01}, "baseline 'torch' was not measured"),
+    ({"torch": 0.01, "tvm-tuned": 0.0}, "positive"),
+    ({"torch": 0.01, "tvm-tuned": "fast"}, "positive"),
+])
+def test_benchmark_table_rejects_bad_timings(timings, message):
+    with pytest.raises(ValueError, match=message):
+        d2ltvm.benchmark_table("mlp batch1", timings)
+
+
+def test_benchmark_and_median_on_fake_functions():
+    calls = []
+    seconds = d2ltvm.median_seconds(lambda: calls.append(1), repeats=5, warmup=2)
+    assert seconds > 0 and len(calls) > 7
+    rows = d2ltvm.benchmark("w", {"torch": lambda: sum(range(1000)), "other": lambda: None}, repeats=3)
+    assert {r["method"] for r in rows} == {"torch", "other"}
+    assert next(r for r in rows if r["method"] == "torch")["ratio"] == 1.0
+
+
+def test_plot_benchmark_draws_one_bar_per_row():
+    import matplotlib
+    matplotlib.use("Agg")
+    rows = d2ltvm.benchmark_table("a", {"torch": 1.0, "x": 2.0}) + d2ltvm.benchmark_table("b", {"torch": 1.0, "x": 0.5})
+    ax = d2ltvm.plot_benchmark(rows)
+    heights = sorted(p.get_height() for p in ax.patches)
+    assert heights == [0.5, 1.0, 1.0, 2.0]
+
+
+def test_unknown_workload():
+    with pytest.raises(ValueError, match="unknown workload 'vgg'"):
+        d2ltvm.performance_workloads("vgg")
