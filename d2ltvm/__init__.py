@@ -399,6 +399,306 @@ def load_compiled_model(folder, name="model", device=None):
     return vm, [saved[n] for n in names[first:]]
 
 # ----------------------------------------------------------------------
+# Defined in chapters/compiling_models/keras_mnist.ipynb
+def import_keras():
+    """Import and return Keras 3 on the torch backend, refusing if it already runs on another one."""
+    import os
+    import sys
+    if "keras" not in sys.modules:
+        backend = os.environ.setdefault("KERAS_BACKEND", "torch")
+        if backend != "torch":
+            raise RuntimeError(f"KERAS_BACKEND is {backend!r}, but d2ltvm runs Keras on the torch "
+                               "backend: unset it or set it to 'torch' before starting Python")
+    import keras
+    if keras.backend.backend() != "torch":
+        raise RuntimeError(f"keras was already imported with the {keras.backend.backend()!r} backend; "
+                           "restart Python and call d2ltvm.import_keras() before importing keras")
+    return keras
+
+# ----------------------------------------------------------------------
+# Defined in chapters/compiling_models/keras_mnist.ipynb
+MNIST_NPZ_URL = "https://storage.googleapis.com/tensorflow/tf-keras-datasets/mnist.npz"
+MNIST_NPZ_SHA256 = "731c5ac602752760c8e48fbffcf8c3b850d9dc2a2aedcf2cc48468fc17b673d1"
+
+
+def load_mnist_or_digits(n_test=500, seed=0):
+    """Return (x_train, y_train), (x_test, y_test), source: MNIST if downloadable, else upsampled scikit-learn digits."""
+    import numpy as np
+    try:
+        with np.load(download(MNIST_NPZ_URL, MNIST_NPZ_SHA256), allow_pickle=False) as f:
+            data = {k: f[k] for k in ("x_train", "y_train", "x_test", "y_test")}
+        images = {k: (data[k].astype("float32") / 255)[..., None] for k in ("x_train", "x_test")}
+        return ((images["x_train"], data["y_train"].astype("int64")),
+                (images["x_test"], data["y_test"].astype("int64")), "MNIST")
+    except DownloadError as err:
+        print(f"MNIST unavailable ({str(err).split(':')[0]}): using scikit-learn's 8x8 handwritten "
+              "digits, enlarged to 28x28, as a stand-in")
+    from PIL import Image
+    from sklearn.datasets import load_digits
+    digits = load_digits()
+    images = np.zeros((len(digits.images), 28, 28), dtype="float32")
+    for i, image in enumerate(digits.images):  # values 0..16 -> a 20x20 digit centred in 28x28
+        small = Image.fromarray((image / 16).astype("float32"), mode="F")
+        images[i, 4:24, 4:24] = np.asarray(small.resize((20, 20), Image.BILINEAR))
+    images = np.clip(images, 0, 1)[..., None]
+    labels = digits.target.astype("int64")
+    order = np.random.default_rng(seed).permutation(len(images))
+    train, test = order[:-n_test], order[-n_test:]
+    return (images[train], labels[train]), (images[test], labels[test]), "scikit-learn digits"
+
+# ----------------------------------------------------------------------
+# Defined in chapters/compiling_models/keras_mnist.ipynb
+def keras_mnist_cnn(input_shape=(28, 28, 1), hidden=128, num_classes=10):
+    """Return the classic Keras MNIST CNN (conv 32, conv 64, max pool, dense), built from keras.Input."""
+    keras = import_keras()
+    from keras import layers
+    return keras.Sequential([
+        keras.Input(shape=input_shape),
+        layers.Conv2D(32, kernel_size=3, activation="relu"),
+        layers.Conv2D(64, kernel_size=3, activation="relu"),
+        layers.MaxPooling2D(pool_size=2),
+        layers.Dropout(0.25),
+        layers.Flatten(),
+        layers.Dense(hidden, activation="relu"),
+        layers.Dropout(0.5),
+        layers.Dense(num_classes, activation="softmax"),
+    ])
+
+# ----------------------------------------------------------------------
+# Defined in chapters/compiling_models/keras_mnist.ipynb
+class KerasToRelax:
+    """Translate a built chain of Keras layers into a Relax IRModule whose weights are constants."""
+
+    SUPPORTED = ("InputLayer", "Conv2D", "MaxPooling2D", "AveragePooling2D", "Dropout",
+                 "Flatten", "Dense", "Activation", "ReLU", "Softmax")
+    ACTIVATIONS = ("linear", "relu", "sigmoid", "tanh", "softmax")
+
+    def __init__(self, layout="NHWC", batch_size=1):
+        if layout not in ("NHWC", "NCHW"):
+            raise ValueError(f"layout must be 'NHWC' (Keras' own) or 'NCHW', got {layout!r}")
+        if not isinstance(batch_size, int) or isinstance(batch_size, bool) or batch_size < 1:
+            raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
+        self.layout, self.batch_size = layout, batch_size
+
+    def convert(self, model):
+        """Return an IRModule whose function `main` computes `model` on one input batch."""
+        from tvm import relax
+        layers = self._chain(model)
+        for layer in layers:  # refuse early, before any IR exists
+            self.check(layer)
+        spec = model.inputs[0]
+        if str(spec.dtype) != "float32":
+            raise NotImplementedError(f"from_keras handles float32 inputs, the model takes {spec.dtype}")
+        shape = (self.batch_size,) + tuple(spec.shape[1:])
+        if any(d is None for d in shape):
+            raise ValueError(f"the model's input shape {tuple(spec.shape)} has unknown dimensions "
+                             "besides the batch: give keras.Input a complete shape")
+        self.current = None  # the layout of the tensor in flight when it is 4-D
+        if len(shape) == 4:
+            self.current = self.layout
+            if self.layout == "NCHW":
+                shape = (shape[0], shape[3], shape[1], shape[2])
+        x = relax.Var(spec.name, relax.TensorType(shape, "float32"))
+        self.bb = bb = relax.BlockBuilder()
+        with bb.function("main", [x]):
+            with bb.dataflow():
+                y = x
+                for layer in layers:
+                    y = self.convert_layer(layer, y)
+                out = bb.emit_output(self.to_layout(y, self.layout))
+            bb.emit_func_output(out)
+        return bb.get()
+
+    def check(self, layer):
+        """Raise NotImplementedError, naming the layer, if it or one of its settings is not handled."""
+        kind = type(layer).__name__
+        where = f"layer {layer.name!r} ({kind})"
+        if not hasattr(self, "convert_" + kind):
+            raise NotImplementedError(f"{where} is not supported by from_keras; "
+                                      f"supported: {', '.join(self.SUPPORTED)}")
+        cfg = layer.get_config()
+        if cfg.get("data_format", "channels_last") != "channels_last":
+            raise NotImplementedError(f"{where} uses data_format={cfg['data_format']!r}; "
+                                      "from_keras expects channels_last")
+        if cfg.get("groups", 1) != 1:
+            raise NotImplementedError(f"{where} has groups={cfg['groups']}; from_keras handles groups=1")
+        if "activation" in cfg and cfg["activation"] not in self.ACTIVATIONS:
+            raise NotImplementedError(f"{where} uses activation {cfg['activation']!r}; "
+                                      f"from_keras supports {', '.join(self.ACTIVATIONS)}")
+        if kind == "ReLU" and (cfg.get("max_value") is not None or cfg.get("negative_slope")
+                               or cfg.get("threshold")):
+            raise NotImplementedError(f"{where} sets max_value, negative_slope or threshold; "
+                                      "from_keras handles the plain ReLU only")
+        if kind == "Softmax" and not isinstance(cfg.get("axis", -1), int):
+            raise NotImplementedError(f"{where} normalizes over several axes {cfg['axis']}; "
+                                      "from_keras handles one axis")
+
+    def convert_layer(self, layer, y):
+        """Dispatch one layer to the method named convert_<its class name>."""
+        return getattr(self, "convert_" + type(layer).__name__)(layer, y)
+
+    @staticmethod
+    def _chain(model):
+        """Return the model's layers in order, after checking that they form a built chain."""
+        if not hasattr(model, "layers") or not hasattr(model, "get_config"):
+            raise TypeError(f"from_keras expects a Keras model, got {type(model).__name__}")
+        if not getattr(model, "built", False) or not getattr(model, "inputs", None):
+            raise ValueError(f"model {getattr(model, 'name', model)!r} was never built, so it has no input "
+                             "shape and no weights: start it with keras.Input(shape=...) or call "
+                             "model.build((None, *input_shape)), then train it or load weights")
+        if len(model.inputs) != 1 or len(model.outputs) != 1:
+            raise NotImplementedError("from_keras handles models with one input and one output")
+        import keras
+        sequential = isinstance(model, keras.Sequential)  # a chain by construction
+        prev, layers = model.inputs[0], []
+        for layer in model.layers:  # a Sequential model lists no InputLayer; a functional one does
+            if type(layer).__name__ != "InputLayer":
+                if not sequential and layer.input is not prev:
+                    raise NotImplementedError(f"layer {layer.name!r} does not take the previous layer's "
+                                              "output: from_keras handles chains of layers only")
+                prev = layer.output
+            layers.append(layer)
+        if not sequential and model.outputs[0] is not prev:
+            raise NotImplementedError("the model's output is not its last layer's: from_keras handles "
+                                      "chains of layers only")
+        return layers
+
+    # ---- helpers --------------------------------------------------------------------------
+    def emit(self, expr, layer):
+        """Emit expr into the dataflow block, naming its variable after the Keras layer."""
+        return self.bb.emit(expr, name_hint=layer.name.replace("-", "_").replace("/", "_"))
+
+    @staticmethod
+    def shape(y):
+        return [int(d) for d in y.ty.shape]
+
+    def to_layout(self, y, layout):
+        """Transpose a 4-D tensor in flight into `layout` (a no-op if it is there already)."""
+        from tvm import relax
+        if len(self.shape(y)) != 4 or self.current == layout:
+            return y
+        axes = [0, 2, 3, 1] if layout == "NHWC" else [0, 3, 1, 2]
+        self.current = layout
+        return self.bb.emit(relax.op.permute_dims(y, axes), name_hint="to_" + layout.lower())
+
+    def channel_axis(self, y):
+        return 1 if len(self.shape(y)) == 4 and self.current == "NCHW" else len(self.shape(y)) - 1
+
+    def activation(self, name, y, layer):
+        """Apply the Keras activation called `name` to y."""
+        from tvm import relax
+        if name == "linear":
+            return y
+        if name == "softmax":
+            return self.emit(relax.op.nn.softmax(y, axis=self.channel_axis(y)), layer)
+        op = {"relu": relax.op.nn.relu, "sigmoid": relax.op.sigmoid, "tanh": relax.op.tanh}[name]
+        return self.emit(op(y), layer)
+
+    def add_bias(self, y, bias, layer):
+        from tvm import relax
+        shape = [1] * len(self.shape(y))
+        shape[self.channel_axis(y)] = -1
+        return self.emit(relax.op.add(y, relax.const(bias.reshape(shape), "float32")), layer)
+
+    def same_padding(self, y, kernel, strides, dilation=(1, 1)):
+        """Keras' 'same' padding as (top, left, bottom, right): any odd pixel goes after."""
+        n, *spatial = self.shape(y)
+        size = spatial[:2] if self.current == "NHWC" else spatial[1:]
+        before, after = [], []
+        for length, k, s, d in zip(size, kernel, strides, dilation):
+            out = -(-length // s)
+            total = max(0, (out - 1) * s + (k - 1) * d + 1 - length)
+            before.append(total // 2)
+            after.append(total - total // 2)
+        return tuple(before + after)
+
+    # ---- one method per layer class --------------------------------------------------------
+    def convert_InputLayer(self, layer, y):
+        return y
+
+    def convert_Dropout(self, layer, y):
+        return y  # dropout is the identity at inference
+
+    def convert_Conv2D(self, layer, y):
+        from tvm import relax
+        cfg = layer.get_config()
+        kernel, *bias = layer.get_weights()  # kernel: (KH, KW, I, O), Keras' HWIO
+        y = self.to_layout(y, self.layout)
+        padding = (self.same_padding(y, cfg["kernel_size"], cfg["strides"], cfg["dilation_rate"])
+                   if cfg["padding"] == "same" else (0, 0, 0, 0))
+        if self.layout == "NCHW":
+            kernel, kernel_layout = kernel.transpose(3, 2, 0, 1), "OIHW"
+        else:
+            kernel_layout = "HWIO"
+        y = self.emit(relax.op.nn.conv2d(y, relax.const(kernel, "float32"), strides=cfg["strides"],
+                                         padding=padding, dilation=cfg["dilation_rate"],
+                                         data_layout=self.layout, kernel_layout=kernel_layout), layer)
+        if bias:
+            y = self.add_bias(y, bias[0], layer)
+        return self.activation(cfg["activation"], y, layer)
+
+    def _pool(self, layer, y, kind):
+        from tvm import relax
+        cfg = layer.get_config()
+        size = tuple(cfg["pool_size"])
+        strides = tuple(cfg["strides"] or size)
+        y = self.to_layout(y, self.layout)
+        padding = self.same_padding(y, size, strides) if cfg["padding"] == "same" else (0, 0, 0, 0)
+        if kind == "max":
+            return self.emit(relax.op.nn.max_pool2d(y, size, strides, padding, layout=self.layout), layer)
+        if padding[:2] != padding[2:]:
+            # Keras' torch backend pads an uneven 'same' window by repeating the edge pixels.
+            top, left, bottom, right = padding
+            hw = [(top, bottom), (left, right)]
+            widths = [(0, 0)] + hw + [(0, 0)] if self.layout == "NHWC" else [(0, 0), (0, 0)] + hw
+            y = self.bb.emit(relax.op.nn.pad(y, [p for pair in widths for p in pair], "replicate"))
+            padding = (0, 0, 0, 0)
+        return self.emit(relax.op.nn.avg_pool2d(y, size, strides, padding, count_include_pad=False,
+                                                layout=self.layout), layer)
+
+    def convert_MaxPooling2D(self, layer, y):
+        return self._pool(layer, y, "max")
+
+    def convert_AveragePooling2D(self, layer, y):
+        return self._pool(layer, y, "avg")
+
+    def convert_Flatten(self, layer, y):
+        from tvm import relax
+        y = self.to_layout(y, "NHWC")  # Keras flattens channels-last: Dense weights expect that order
+        n, *rest = self.shape(y)
+        return self.emit(relax.op.reshape(y, (n, -1)), layer)
+
+    def convert_Dense(self, layer, y):
+        from tvm import relax
+        cfg = layer.get_config()
+        kernel, *bias = layer.get_weights()  # kernel: (inputs, units)
+        y = self.to_layout(y, "NHWC")  # Dense acts on the last axis, Keras' channel axis
+        y = self.emit(relax.op.matmul(y, relax.const(kernel, "float32")), layer)
+        if bias:
+            y = self.emit(relax.op.add(y, relax.const(bias[0], "float32")), layer)
+        return self.activation(cfg["activation"], y, layer)
+
+    def convert_Activation(self, layer, y):
+        return self.activation(layer.get_config()["activation"], y, layer)
+
+    def convert_ReLU(self, layer, y):
+        return self.activation("relu", y, layer)
+
+    def convert_Softmax(self, layer, y):
+        from tvm import relax
+        axis = layer.get_config().get("axis", -1)
+        rank = len(self.shape(y))
+        axis = axis % rank
+        if rank == 4 and self.current == "NCHW":
+            axis = [0, 2, 3, 1][axis]  # Keras axis (N, H, W, C) -> its position in NCHW
+        return self.emit(relax.op.nn.softmax(y, axis=axis), layer)
+
+
+def from_keras(model, layout="NHWC", batch_size=1):
+    """Return a Relax IRModule computing a built Keras layer chain; 4-D tensors use `layout`."""
+    return KerasToRelax(layout, batch_size).convert(model)
+
+# ----------------------------------------------------------------------
 # Defined in chapters/relax/mlp_tensorir.ipynb
 import types
 
