@@ -1052,7 +1052,6 @@ def op_fx_maps():
 
 # ----------------------------------------------------------------------
 # Defined in chapters/performance/performance.ipynb
-import json
 import pathlib
 
 
@@ -1080,8 +1079,35 @@ def mlp_torch_model(params=None):
     return model.eval()
 
 
+def keras_cnn_torch_model(seed=0):
+    """Return (keras_model, torch_model): the Keras MNIST CNN with seeded weights, and the same network in torch (NCHW input)."""
+    import torch
+    keras = import_keras()
+    keras.utils.set_random_seed(seed)
+    keras_model = keras_mnist_cnn()
+
+    class FlattenLikeKeras(torch.nn.Module):
+        def forward(self, x):  # Keras flattens channels-last activations
+            return x.permute(0, 2, 3, 1).flatten(1)
+
+    model = torch.nn.Sequential(
+        torch.nn.Conv2d(1, 32, 3), torch.nn.ReLU(), torch.nn.Conv2d(32, 64, 3), torch.nn.ReLU(),
+        torch.nn.MaxPool2d(2), FlattenLikeKeras(), torch.nn.Linear(9216, 128), torch.nn.ReLU(),
+        torch.nn.Linear(128, 10), torch.nn.Softmax(dim=1))
+    keras_layers = [l for l in keras_model.layers if l.weights]
+    torch_layers = [m for m in model if isinstance(m, (torch.nn.Conv2d, torch.nn.Linear))]
+    with torch.no_grad():
+        for k, t in zip(keras_layers, torch_layers):
+            kernel, bias = (np.asarray(keras.ops.convert_to_numpy(w)) for w in k.weights)
+            # Keras stores conv kernels as (height, width, in, out) and dense ones as (in, out)
+            kernel = kernel.transpose(3, 2, 0, 1) if kernel.ndim == 4 else kernel.T
+            t.weight.copy_(torch.from_numpy(np.ascontiguousarray(kernel)))
+            t.bias.copy_(torch.from_numpy(bias))
+    return keras_model, model.eval()
+
+
 def performance_workloads(name, batch_sizes=None, seed=0):
-    """Return the chapter's workloads for NAME ('resnet18' or 'mlp') as dicts: label, model, input, mod, weights."""
+    """Return the chapter's workloads for NAME ('resnet18', 'mlp' or 'cnn') as dicts: label, model, input, mod, weights."""
     import torch
     if name == "resnet18":
         model, _ = load_resnet18(seed=seed)
@@ -1089,8 +1115,11 @@ def performance_workloads(name, batch_sizes=None, seed=0):
     elif name == "mlp":
         model = mlp_torch_model()
         shapes = [(b, 784) for b in (batch_sizes or [1, 64])]
+    elif name == "cnn":
+        model = keras_cnn_torch_model(seed)[1]
+        shapes = [(b, 1, 28, 28) for b in (batch_sizes or [1, 64])]
     else:
-        raise ValueError(f"unknown workload {name!r}: expected 'resnet18' or 'mlp'")
+        raise ValueError(f"unknown workload {name!r}: expected 'resnet18', 'mlp' or 'cnn'")
     generator = torch.Generator().manual_seed(seed)
     workloads = []
     for shape in shapes:
@@ -1100,6 +1129,35 @@ def performance_workloads(name, batch_sizes=None, seed=0):
                           "mod": mod, "weights": weights})
     return workloads
 
+# ----------------------------------------------------------------------
+# Defined in chapters/performance/performance.ipynb
+class CompiledModel:
+    """A compiled Relax model with its weights bound: call it with a numpy input, get a numpy output."""
+
+    def __init__(self, executable, weights, device=None):
+        from tvm import relax
+        self.device = device or tvm.cpu()
+        self.vm = relax.VirtualMachine(executable, self.device)
+        weights = [w if isinstance(w, tvm.runtime.Tensor) else tvm.runtime.tensor(w, self.device)
+                   for w in weights]
+        if "main_transform_params" in list_vm_functions(self.vm):
+            # Weight prepacking moved the weights' layout changes into their own function: run it once.
+            weights = list(self.vm["main_transform_params"](weights))
+        self.weights = weights
+        self.main = self.vm["main"]
+
+    def run(self, data):
+        """Run main on a TVM tensor (no copies); return the TVM output."""
+        return self.main(data, *self.weights)
+
+    def __call__(self, data):
+        return self.run(tvm.runtime.tensor(np.asarray(data, dtype="float32"), self.device)).numpy()
+
+
+def list_vm_functions(vm):
+    """Return the names of the functions a Relax VirtualMachine offers that matter here."""
+    return [name for name in ("main", "main_transform_params") if vm.module.implements_function(name)]
+
 
 def tuning_target(mcpu="znver5", num_cores=2):
     """Return the LLVM target the book's tuning database was measured for (AMD Zen 5, 2 cores)."""
@@ -1107,58 +1165,95 @@ def tuning_target(mcpu="znver5", num_cores=2):
     return tvm.target.Target({"kind": "llvm", "mcpu": mcpu, "num-cores": num_cores})
 
 
-def prepare_for_tuning(mod, target):
-    """Run the steps of Relax's static_shape_tuning pipeline that come before tuning (legalize, fuse, mark weights)."""
-    import tvm
+def compile_relax(mod, weights, target="llvm", pipeline=None):
+    """Compile MOD (default: Relax's 'zero' pipeline after lifting weight-only work) and return a CompiledModel."""
     from tvm import relax
-    with tvm.target.Target(target):
-        return tvm.transform.Sequential([
-            relax.transform.DecomposeOpsForInference(),
-            relax.transform.CanonicalizeBindings(),
-            relax.pipeline.zero_pipeline(),
-            relax.transform.AttachAttrLayoutFreeBuffers(),
-        ])(mod)
+    if pipeline is None:
+        # Work that depends only on the weights (e.g. transposing them for a matmul) moves into
+        # main_transform_params, which CompiledModel runs once; then legalize and fuse.
+        pipeline = tvm.transform.Sequential([relax.transform.LiftTransformParams(),
+                                             relax.pipeline.zero_pipeline()])
+    # Every pipeline above stops at fused TensorIR; the default build passes lower it for the VM.
+    full = tvm.transform.Sequential([pipeline, relax.get_pipeline("default")])
+    executable = tvm.compile(mod, target=target, relax_pipeline=full)
+    return CompiledModel(executable, weights)
+
+# ----------------------------------------------------------------------
+# Defined in chapters/performance/performance.ipynb
+import statistics
+import time
 
 
-def compact_tuning_database(work_dir, out_dir):
-    """Copy the best record of every workload from the JSON database in WORK_DIR to OUT_DIR; return the count."""
-    from tvm.s_tir import meta_schedule as ms
-    work_dir, out_dir = pathlib.Path(work_dir), pathlib.Path(out_dir)
-    source = open_tuning_database(work_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    for stale in ("database_workload.json", "database_tuning_record.json"):
-        (out_dir / stale).unlink(missing_ok=True)
-    target_db = ms.database.JSONDatabase(work_dir=str(out_dir))
-    import tvm
-    count, seen = 0, set()
-    for record in source.get_all_tuning_records():
-        key = tvm.ir.structural_hash(record.workload.mod)
-        if key in seen:
-            continue
-        seen.add(key)
-        best = source.get_top_k(record.workload, 1)
-        if best:
-            workload = target_db.commit_workload(record.workload.mod)
-            target_db.commit_tuning_record(ms.database.TuningRecord(
-                best[0].trace, workload, best[0].run_secs, best[0].target, best[0].args_info))
-            count += 1
-    return count
+def median_seconds(function, repeats=25, warmup=3, min_sample_seconds=2e-3, max_number=1000,
+                   max_seconds=10.0):
+    """Median wall time in seconds of one call of FUNCTION, over REPEATS samples (fewer if they exceed MAX_SECONDS)."""
+    for _ in range(warmup):
+        function()
+    number = 1  # calls per sample: enough that one sample lasts MIN_SAMPLE_SECONDS (timer resolution)
+    while number < max_number:
+        start = time.perf_counter()
+        for _ in range(number):
+            function()
+        if time.perf_counter() - start >= min_sample_seconds:
+            break
+        number *= 2
+    samples, deadline = [], time.perf_counter() + max_seconds
+    for _ in range(repeats):
+        if len(samples) >= 3 and time.perf_counter() > deadline:
+            break  # a slow method: three samples already give a usable median
+        start = time.perf_counter()
+        for _ in range(number):
+            function()
+        samples.append((time.perf_counter() - start) / number)
+    return statistics.median(samples)
 
 
-TUNE_COMMAND = "python tools/tune_resnet18.py --model {model} --trials 600"
+def benchmark_table(workload, seconds, baseline="torch"):
+    """Turn {method: median seconds} into rows {workload, method, ms, ratio} with ratio = time / baseline's time."""
+    if baseline not in seconds:
+        raise ValueError(f"the baseline {baseline!r} was not measured; methods: {sorted(seconds)}")
+    bad = {m: s for m, s in seconds.items() if not (isinstance(s, (int, float)) and s > 0)}
+    if bad:
+        raise ValueError(f"timings must be positive numbers of seconds, got {bad}")
+    base = seconds[baseline]
+    return [{"workload": workload, "method": method, "ms": s * 1e3, "ratio": s / base}
+            for method, s in seconds.items()]
 
 
-def open_tuning_database(folder, model="resnet18"):
-    """Open the MetaSchedule JSON database in FOLDER, with a clear error if it is missing."""
-    from tvm.s_tir import meta_schedule as ms
-    folder = pathlib.Path(folder)
-    files = [folder / "database_workload.json", folder / "database_tuning_record.json"]
-    missing = [f for f in files if not f.is_file()]
-    if missing:
-        raise FileNotFoundError(f"no tuning database at {folder} ({missing[0].name} is missing): build it "
-                                f"with `{TUNE_COMMAND.format(model=model)}` from the book's folder")
-    return ms.database.JSONDatabase(path_workload=str(files[0]), path_tuning_record=str(files[1]),
-                                    allow_missing=False)
+def benchmark(workload, methods, baseline="torch", **timing):
+    """Time each zero-argument callable of METHODS ({name: function}) in this process; return benchmark_table rows."""
+    seconds = {name: median_seconds(function, **timing) for name, function in methods.items()}
+    return benchmark_table(workload, seconds, baseline)
+
+
+def ratio_lines(rows, baseline="torch"):
+    """Format rows as lines like 'resnet18 batch1 tvm-tuned/torch 0.83' (time relative to the baseline; < 1 is faster)."""
+    return [f"{r['workload']} {r['method']}/{baseline} {r['ratio']:.2f}"
+            for r in rows if r["method"] != baseline]
+
+
+def plot_benchmark(rows, ax=None, baseline="torch"):
+    """Draw a bar chart of time relative to the baseline, one group of bars per workload; return the axes."""
+    import matplotlib.pyplot as plt
+    workloads = list(dict.fromkeys(r["workload"] for r in rows))
+    methods = list(dict.fromkeys(r["method"] for r in rows))
+    if ax is None:
+        _, ax = plt.subplots(figsize=(1.2 + 1.6 * len(workloads), 3.2))
+    width = 0.8 / len(methods)
+    for i, method in enumerate(methods):
+        xs, heights = [], []
+        for j, workload in enumerate(workloads):
+            for r in rows:
+                if r["workload"] == workload and r["method"] == method:
+                    xs.append(j + (i - (len(methods) - 1) / 2) * width)
+                    heights.append(r["ratio"])
+        ax.bar(xs, heights, width, label=method)
+    ax.axhline(1.0, color="black", linewidth=0.8)
+    ax.set_yscale("log")
+    ax.set_xticks(range(len(workloads)), workloads)
+    ax.set_ylabel(f"time / {baseline} time (log)")
+    ax.legend(fontsize="small")
+    return ax
 
 # ----------------------------------------------------------------------
 # Defined in chapters/performance/performance.ipynb
@@ -1245,133 +1340,6 @@ def count_relax_ops(mod, name):
 
 # ----------------------------------------------------------------------
 # Defined in chapters/performance/performance.ipynb
-class CompiledModel:
-    """A compiled Relax model with its weights bound: call it with a numpy input, get a numpy output."""
-
-    def __init__(self, executable, weights, device=None):
-        from tvm import relax
-        self.device = device or tvm.cpu()
-        self.vm = relax.VirtualMachine(executable, self.device)
-        weights = [w if isinstance(w, tvm.runtime.Tensor) else tvm.runtime.tensor(w, self.device)
-                   for w in weights]
-        if "main_transform_params" in list_vm_functions(self.vm):
-            # Weight prepacking moved the weights' layout changes into their own function: run it once.
-            weights = list(self.vm["main_transform_params"](weights))
-        self.weights = weights
-        self.main = self.vm["main"]
-
-    def run(self, data):
-        """Run main on a TVM tensor (no copies); return the TVM output."""
-        return self.main(data, *self.weights)
-
-    def __call__(self, data):
-        return self.run(tvm.runtime.tensor(np.asarray(data, dtype="float32"), self.device)).numpy()
-
-
-def list_vm_functions(vm):
-    """Return the names of the functions a Relax VirtualMachine offers that matter here."""
-    return [name for name in ("main", "main_transform_params") if vm.module.implements_function(name)]
-
-
-def compile_relax(mod, weights, target="llvm", pipeline=None):
-    """Compile MOD (default: Relax's 'zero' pipeline after lifting weight-only work) and return a CompiledModel."""
-    from tvm import relax
-    if pipeline is None:
-        # Work that depends only on the weights (e.g. transposing them for a matmul) moves into
-        # main_transform_params, which CompiledModel runs once; then legalize and fuse.
-        pipeline = tvm.transform.Sequential([relax.transform.LiftTransformParams(),
-                                             relax.pipeline.zero_pipeline()])
-    # Every pipeline above stops at fused TensorIR; the default build passes lower it for the VM.
-    full = tvm.transform.Sequential([pipeline, relax.get_pipeline("default")])
-    executable = tvm.compile(mod, target=target, relax_pipeline=full)
-    return CompiledModel(executable, weights)
-
-
-def compile_tuned(mod, weights, database_dir, target=None, model="resnet18"):
-    """Compile MOD with the records of the tuning database in DATABASE_DIR applied (no search); return a CompiledModel."""
-    from tvm import relax
-    target = target or tuning_target()
-    open_tuning_database(database_dir, model)  # a clear error if the folder is missing
-    pipeline = relax.get_pipeline("static_shape_tuning", target=target, work_dir=str(database_dir),
-                                  total_trials=0, cpu_weight_prepack=True)
-    return compile_relax(mod, weights, target, pipeline)
-
-# ----------------------------------------------------------------------
-# Defined in chapters/performance/performance.ipynb
-import statistics
-import time
-
-
-def median_seconds(function, repeats=25, warmup=3, min_sample_seconds=2e-3, max_number=1000):
-    """Median wall time in seconds of one call of FUNCTION, over REPEATS samples after WARMUP calls."""
-    for _ in range(warmup):
-        function()
-    number = 1  # calls per sample: enough that one sample lasts MIN_SAMPLE_SECONDS (timer resolution)
-    while number < max_number:
-        start = time.perf_counter()
-        for _ in range(number):
-            function()
-        if time.perf_counter() - start >= min_sample_seconds:
-            break
-        number *= 2
-    samples = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        for _ in range(number):
-            function()
-        samples.append((time.perf_counter() - start) / number)
-    return statistics.median(samples)
-
-
-def benchmark_table(workload, seconds, baseline="torch"):
-    """Turn {method: median seconds} into rows {workload, method, ms, ratio} with ratio = time / baseline's time."""
-    if baseline not in seconds:
-        raise ValueError(f"the baseline {baseline!r} was not measured; methods: {sorted(seconds)}")
-    bad = {m: s for m, s in seconds.items() if not (isinstance(s, (int, float)) and s > 0)}
-    if bad:
-        raise ValueError(f"timings must be positive numbers of seconds, got {bad}")
-    base = seconds[baseline]
-    return [{"workload": workload, "method": method, "ms": s * 1e3, "ratio": s / base}
-            for method, s in seconds.items()]
-
-
-def benchmark(workload, methods, baseline="torch", **timing):
-    """Time each zero-argument callable of METHODS ({name: function}) in this process; return benchmark_table rows."""
-    seconds = {name: median_seconds(function, **timing) for name, function in methods.items()}
-    return benchmark_table(workload, seconds, baseline)
-
-
-def ratio_lines(rows, baseline="torch"):
-    """Format rows as lines like 'resnet18 batch1 tvm-tuned/torch 0.83' (time relative to the baseline; < 1 is faster)."""
-    return [f"{r['workload']} {r['method']}/{baseline} {r['ratio']:.2f}"
-            for r in rows if r["method"] != baseline]
-
-
-def plot_benchmark(rows, ax=None, baseline="torch"):
-    """Draw a bar chart of time relative to the baseline, one group of bars per workload; return the axes."""
-    import matplotlib.pyplot as plt
-    workloads = list(dict.fromkeys(r["workload"] for r in rows))
-    methods = list(dict.fromkeys(r["method"] for r in rows))
-    if ax is None:
-        _, ax = plt.subplots(figsize=(1.2 + 1.6 * len(workloads), 3.2))
-    width = 0.8 / len(methods)
-    for i, method in enumerate(methods):
-        xs, heights = [], []
-        for j, workload in enumerate(workloads):
-            for r in rows:
-                if r["workload"] == workload and r["method"] == method:
-                    xs.append(j + (i - (len(methods) - 1) / 2) * width)
-                    heights.append(r["ratio"])
-        ax.bar(xs, heights, width, label=method)
-    ax.axhline(1.0, color="black", linewidth=0.8)
-    ax.set_yscale("log")
-    ax.set_xticks(range(len(workloads)), workloads)
-    ax.set_ylabel(f"time / {baseline} time (log)")
-    ax.legend(fontsize="small")
-    return ax
-
-# ----------------------------------------------------------------------
-# Defined in chapters/performance/performance.ipynb
 def fold_batchnorm(model):
     """Return a copy of an eval-mode torch MODEL with every BatchNorm that follows a convolution folded into it."""
     import torch
@@ -1381,3 +1349,134 @@ def fold_batchnorm(model):
                          "folding uses the BatchNorm running statistics")
     with torch.no_grad():
         return fuse(model, inplace=False)
+
+# ----------------------------------------------------------------------
+# Defined in chapters/performance/performance.ipynb
+def prepare_for_tuning(mod, target):
+    """Run the steps of Relax's static_shape_tuning pipeline that come before tuning (legalize, fuse, mark weights)."""
+    import tvm
+    from tvm import relax
+    with tvm.target.Target(target):
+        return tvm.transform.Sequential([
+            relax.transform.DecomposeOpsForInference(),
+            relax.transform.CanonicalizeBindings(),
+            relax.pipeline.zero_pipeline(),
+            relax.transform.AttachAttrLayoutFreeBuffers(),
+        ])(mod)
+
+# ----------------------------------------------------------------------
+# Defined in chapters/performance/performance.ipynb
+import tempfile
+
+TUNE_COMMAND = "python tools/tune_resnet18.py --model {model} --trials 600"
+DATABASE_FILES = ("database_workload.json", "database_tuning_record.json")
+_UNPACKED_DATABASES = {}  # shipped folder -> temporary folder holding its unpacked JSON files
+
+
+def tuning_database_folder(folder, model="resnet18"):
+    """Return a folder with the plain JSON files of the database in FOLDER (which may hold them gzipped)."""
+    import gzip
+    import shutil
+    folder = pathlib.Path(folder)
+    if all((folder / name).is_file() for name in DATABASE_FILES):
+        return folder
+    if all((folder / f"{name}.gz").is_file() for name in DATABASE_FILES):
+        key = str(folder.resolve())
+        if key not in _UNPACKED_DATABASES:
+            target = pathlib.Path(tempfile.mkdtemp(prefix="d2ltvm-tuning-"))
+            for name in DATABASE_FILES:
+                with gzip.open(folder / f"{name}.gz", "rb") as src, open(target / name, "wb") as dst:
+                    shutil.copyfileobj(src, dst)
+            _UNPACKED_DATABASES[key] = target
+        return _UNPACKED_DATABASES[key]
+    raise FileNotFoundError(f"no tuning database at {folder} (expected {DATABASE_FILES[0]} and "
+                            f"{DATABASE_FILES[1]}, or the two gzipped): build it with "
+                            f"`{TUNE_COMMAND.format(model=model)}` from the book's folder")
+
+
+def open_tuning_database(folder, model="resnet18"):
+    """Open the MetaSchedule JSON database in FOLDER (plain or gzipped files), with a clear error if it is missing."""
+    from tvm.s_tir import meta_schedule as ms
+    plain = tuning_database_folder(folder, model)
+    return ms.database.JSONDatabase(path_workload=str(plain / DATABASE_FILES[0]),
+                                    path_tuning_record=str(plain / DATABASE_FILES[1]), allow_missing=False)
+
+
+def compact_tuning_database(work_dir, out_dir):
+    """Write the best record of every workload of the database in WORK_DIR, gzipped, to OUT_DIR; return the count."""
+    import gzip
+    import shutil
+    from tvm.s_tir import meta_schedule as ms
+    import tvm_ffi
+    source = open_tuning_database(work_dir)
+    out_dir = pathlib.Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory() as scratch:
+        compact = ms.database.JSONDatabase(work_dir=scratch)
+        count, seen = 0, set()
+        for record in source.get_all_tuning_records():
+            key = tvm_ffi.structural_hash(record.workload.mod)
+            if key in seen:
+                continue
+            seen.add(key)
+            best = source.get_top_k(record.workload, 1)
+            if best:
+                workload = compact.commit_workload(record.workload.mod)
+                compact.commit_tuning_record(ms.database.TuningRecord(
+                    best[0].trace, workload, best[0].run_secs, best[0].target, best[0].args_info))
+                count += 1
+        for name in DATABASE_FILES:
+            (out_dir / name).unlink(missing_ok=True)
+            # mtime=0: the same records give the same bytes
+            with open(pathlib.Path(scratch) / name, "rb") as src, \
+                    gzip.GzipFile(out_dir / f"{name}.gz", "wb", compresslevel=9, mtime=0) as dst:
+                shutil.copyfileobj(src, dst)
+    return count
+
+# ----------------------------------------------------------------------
+# Defined in chapters/performance/performance.ipynb
+def missing_tuning_records(mod, database_dir, target=None, model="resnet18"):
+    """Return the names of the tuning tasks of MOD for TARGET that have no record in the database in DATABASE_DIR."""
+    from tvm.s_tir import meta_schedule as ms
+    target = target or tuning_target()
+    database = open_tuning_database(database_dir, model)
+    tasks = ms.relax_integration.extract_tasks(prepare_for_tuning(mod, target), target)
+    return [task.task_name for task in tasks
+            if database.query_tuning_record(task.dispatched[0], target, task.task_name) is None]
+
+# ----------------------------------------------------------------------
+# Defined in chapters/performance/performance.ipynb
+import contextlib
+import os
+import sys
+
+
+@contextlib.contextmanager
+def drop_native_log_lines(*fragments):
+    """Hide the lines containing any of FRAGMENTS that TVM's C++ code writes to file descriptor 2; pass the others on."""
+    sys.stderr.flush()
+    saved = os.dup(2)
+    with tempfile.TemporaryFile() as log:
+        os.dup2(log.fileno(), 2)
+        try:
+            yield
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+            log.seek(0)
+            kept = [line for line in log.read().decode(errors="replace").splitlines()
+                    if not any(fragment in line for fragment in fragments)]
+            if kept:
+                print("\n".join(kept), file=sys.stderr)
+
+
+def compile_tuned(mod, weights, database_dir, target=None, model="resnet18"):
+    """Compile MOD with the records of the tuning database in DATABASE_DIR applied (no search); return a CompiledModel."""
+    from tvm import relax
+    target = target or tuning_target()
+    plain = tuning_database_folder(database_dir, model)  # a clear error if the folder is missing
+    pipeline = relax.get_pipeline("static_shape_tuning", target=target, work_dir=str(plain),
+                                  total_trials=0, cpu_weight_prepack=True)
+    # MetaScheduleApplyDatabase announces the database it opens, with its temporary path
+    with drop_native_log_lines("Creating JSONDatabase"):
+        return compile_relax(mod, weights, target, pipeline)

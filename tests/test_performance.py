@@ -9,6 +9,7 @@ import d2ltvm
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 RESNET_DB = ROOT / "data" / "tuning" / "resnet18_znver5"
 MLP_DB = ROOT / "data" / "tuning" / "mlp_znver5"
+CNN_DB = ROOT / "data" / "tuning" / "cnn_znver5"
 TOLERANCE = dict(rtol=1e-4, atol=1e-4)  # float32 sums in another order; a wrong kernel is far off
 
 
@@ -36,6 +37,39 @@ def test_shipped_database_covers_every_resnet18_task(resnet):
 def test_shipped_database_covers_every_mlp_task(mlps):
     for w in mlps:
         assert d2ltvm.missing_tuning_records(w["mod"], MLP_DB, model="mlp") == [], w["label"]
+
+
+@pytest.fixture(scope="module")
+def cnns():
+    return d2ltvm.performance_workloads("cnn")
+
+
+def test_shipped_database_covers_every_cnn_task(cnns):
+    for w in cnns:
+        assert d2ltvm.missing_tuning_records(w["mod"], CNN_DB, model="cnn") == [], w["label"]
+
+
+def test_cnn_twin_matches_keras():
+    import torch
+    keras = d2ltvm.import_keras()
+    keras_model, torch_model = d2ltvm.keras_cnn_torch_model()
+    images = np.random.default_rng(1).random((3, 28, 28, 1), dtype=np.float32)
+    with torch.no_grad():
+        twin = torch_model(torch.from_numpy(images.transpose(0, 3, 1, 2).copy())).numpy()
+    np.testing.assert_allclose(twin, keras.ops.convert_to_numpy(keras_model(images, training=False)),
+                               rtol=1e-5, atol=1e-6)
+
+
+def test_cnn_variants_match_torch(cnns):
+    import torch
+    for w in cnns:
+        with torch.no_grad():
+            expected = w["model"](w["input"]).numpy()
+        dispatched = d2ltvm.dispatch_to_torch(w["mod"])
+        assert d2ltvm.count_relax_ops(dispatched, "relax.nn.conv2d") == 0
+        for compiled in (d2ltvm.compile_relax(dispatched, w["weights"]),
+                         d2ltvm.compile_tuned(w["mod"], w["weights"], CNN_DB, model="cnn")):
+            np.testing.assert_allclose(compiled(w["input"].numpy()), expected, **TOLERANCE)
 
 
 def test_database_records_its_target():
@@ -106,7 +140,7 @@ def test_dispatch_keeps_asymmetric_padding_in_tvm():
         with bb.dataflow():
             a = bb.emit(relax.op.nn.conv2d(x, w, padding=(0, 0, 1, 1)))  # torch cannot pad asymmetrically
             b = bb.emit(relax.op.nn.conv2d(x, w, padding=1))
-            out = bb.emit_output(relax.op.add(a, b))
+            out = bb.emit_output(relax.Tuple([a, b]))
         bb.emit_func_output(out)
     dispatched = d2ltvm.dispatch_to_torch(bb.get())
     assert d2ltvm.count_relax_ops(dispatched, "relax.nn.conv2d") == 1
@@ -125,16 +159,16 @@ def test_missing_database_names_path_and_command(resnet, tmp_path):
 
 
 def test_compact_database_keeps_best_record(tmp_path):
-    import tvm
+    import tvm_ffi
     compact = tmp_path / "compact"
     count = d2ltvm.compact_tuning_database(MLP_DB, compact)
     source, result = d2ltvm.open_tuning_database(MLP_DB), d2ltvm.open_tuning_database(compact)
     records = result.get_all_tuning_records()
-    workloads = {tvm.ir.structural_hash(r.workload.mod) for r in source.get_all_tuning_records()}
+    workloads = {tvm_ffi.structural_hash(r.workload.mod) for r in source.get_all_tuning_records()}
     assert count == len(records) == len(workloads) > 0
     for record in records:
         best = min(sum(float(t) for t in r.run_secs) for r in source.get_all_tuning_records()
-                   if tvm.ir.structural_equal(r.workload.mod, record.workload.mod))
+                   if tvm_ffi.structural_equal(r.workload.mod, record.workload.mod))
         assert sum(float(t) for t in record.run_secs) == pytest.approx(best)
 
 
@@ -176,5 +210,5 @@ def test_plot_benchmark_draws_one_bar_per_row():
 
 
 def test_unknown_workload():
-    with pytest.raises(ValueError, match="unknown workload 'vgg'"):
+    with pytest.raises(ValueError, match="unknown workload 'vgg'.*'cnn'"):
         d2ltvm.performance_workloads("vgg")

@@ -2,7 +2,7 @@
 
 Usage (from the repository root, with the book's database in data/tuning/):
 
-    python tools/benchmark.py                  # ResNet-18 batch 1 and the MLP at batch 1 and 64
+    python tools/benchmark.py                  # ResNet-18 batch 1, the MLP and the Keras CNN at batch 1 and 64
     python tools/benchmark.py --torch-compile  # add torch.compile (its first call takes a minute)
 
 Prints one line per workload and method with its time relative to PyTorch eager, e.g.
@@ -33,7 +33,7 @@ def main():
 
     target = d2ltvm.tuning_target(args.mcpu, args.num_cores)
     rows = []
-    for name in ("resnet18", "mlp"):
+    for name in ("resnet18", "mlp", "cnn"):
         database_dir = ROOT / "data" / "tuning" / f"{name}_{args.mcpu}"
         for w in d2ltvm.performance_workloads(name):
             model, x = w["model"], w["input"]

@@ -3,13 +3,14 @@
 Usage (from the repository root):
 
     python tools/tune_resnet18.py --model resnet18 --trials 600
-    python tools/tune_resnet18.py --model mlp --trials 200
+    python tools/tune_resnet18.py --model mlp --trials 64
+    python tools/tune_resnet18.py --model cnn --trials 112 --trials-per-iter 8
 
 Each run tunes into a full work directory outside the repository (default
 /work/tune/<model>, or --work-dir), which keeps every measured candidate. Running the command
 again with the same work directory RESUMES: the search starts from the best schedules already
 measured and adds new records, so the database grows across runs. After tuning, the best record
-of every workload is copied into data/tuning/<model>_<mcpu>/ (a few hundred KB), together with
+of every workload is copied, gzipped, into data/tuning/<model>_<mcpu>/ (about 200 KB), together with
 tuning_info.json (target, trials, tuning time, date, TVM version, accumulated over runs).
 
 The database is tied to the target it was measured on (here AMD Zen 5, mcpu=znver5, 2 cores).
@@ -54,13 +55,15 @@ def build_candidate(mod, target, _params):
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--model", choices=["resnet18", "mlp"], default="resnet18")
+    parser.add_argument("--model", choices=["resnet18", "mlp", "cnn"], default="resnet18")
     parser.add_argument("--trials", type=int, default=600, help="trials for this run (0: only compact)")
     parser.add_argument("--trials-per-iter", type=int, default=16)
     parser.add_argument("--mcpu", default="znver5")
     parser.add_argument("--num-cores", type=int, default=2)
     parser.add_argument("--work-dir", default=None, help="full database (default /work/tune/<model>)")
     parser.add_argument("--out", default=None, help="compact database (default data/tuning/<model>_<mcpu>)")
+    parser.add_argument("--note-run", nargs=2, type=int, metavar=("TRIALS", "SECONDS"),
+                        help="with --trials 0: record in tuning_info.json a run whose final step did not finish")
     args = parser.parse_args()
 
     import tvm
@@ -91,6 +94,9 @@ def main():
     if args.trials > 0:
         info["runs"].append({"date": datetime.date.today().isoformat(), "trials": args.trials,
                              "tuning_seconds": round(seconds)})
+    elif args.note_run:
+        info["runs"].append({"date": datetime.date.today().isoformat(), "trials": args.note_run[0],
+                             "tuning_seconds": args.note_run[1]})
     info["total_trials"] = sum(r["trials"] for r in info["runs"])
     info["total_tuning_seconds"] = sum(r["tuning_seconds"] for r in info["runs"])
     info_path.write_text(json.dumps(info, indent=1) + "\n")
