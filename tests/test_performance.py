@@ -212,3 +212,23 @@ def test_plot_benchmark_draws_one_bar_per_row():
 def test_unknown_workload():
     with pytest.raises(ValueError, match="unknown workload 'vgg'.*'cnn'"):
         d2ltvm.performance_workloads("vgg")
+
+
+def test_database_folder_unpacks_gzipped_files_once(tmp_path):
+    plain = d2ltvm.tuning_database_folder(MLP_DB, model="mlp")
+    assert plain != MLP_DB and d2ltvm.tuning_database_folder(MLP_DB, model="mlp") == plain
+    for name in d2ltvm.DATABASE_FILES:
+        assert (plain / name).stat().st_size > 0
+    # a folder of plain files is used as it is
+    import shutil
+    for name in d2ltvm.DATABASE_FILES:
+        shutil.copy(plain / name, tmp_path / name)
+    assert d2ltvm.tuning_database_folder(tmp_path) == tmp_path
+
+
+def test_incomplete_database_folder_is_reported(tmp_path):
+    import gzip
+    with gzip.open(tmp_path / "database_workload.json.gz", "wb") as f:
+        f.write(b"")
+    with pytest.raises(FileNotFoundError, match="tools/tune_resnet18.py --model cnn"):
+        d2ltvm.tuning_database_folder(tmp_path, model="cnn")

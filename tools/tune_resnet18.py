@@ -3,11 +3,11 @@
 Usage (from the repository root):
 
     python tools/tune_resnet18.py --model resnet18 --trials 600
-    python tools/tune_resnet18.py --model mlp --trials 64
+    python tools/tune_resnet18.py --model mlp --trials 48
     python tools/tune_resnet18.py --model cnn --trials 112 --trials-per-iter 8
 
 Each run tunes into a full work directory outside the repository (default
-/work/tune/<model>, or --work-dir), which keeps every measured candidate. Running the command
+d2ltvm.cache_dir()/tuning/<model>, i.e. ~/.cache/d2ltvm/tuning/<model>, or --work-dir), which keeps every measured candidate. Running the command
 again with the same work directory RESUMES: the search starts from the best schedules already
 measured and adds new records, so the database grows across runs. After tuning, the best record
 of every workload is copied, gzipped, into data/tuning/<model>_<mcpu>/ (about 200 KB), together with
@@ -60,7 +60,7 @@ def main():
     parser.add_argument("--trials-per-iter", type=int, default=16)
     parser.add_argument("--mcpu", default="znver5")
     parser.add_argument("--num-cores", type=int, default=2)
-    parser.add_argument("--work-dir", default=None, help="full database (default /work/tune/<model>)")
+    parser.add_argument("--work-dir", default=None, help="full database (default: d2ltvm.cache_dir()/tuning/<model>)")
     parser.add_argument("--out", default=None, help="compact database (default data/tuning/<model>_<mcpu>)")
     parser.add_argument("--note-run", nargs=2, type=int, metavar=("TRIALS", "SECONDS"),
                         help="with --trials 0: record in tuning_info.json a run whose final step did not finish")
@@ -71,7 +71,7 @@ def main():
     from tvm.s_tir import meta_schedule as ms
 
     target = tvm.target.Target({"kind": "llvm", "mcpu": args.mcpu, "num-cores": args.num_cores})
-    work_dir = pathlib.Path(args.work_dir or f"/work/tune/{args.model}")
+    work_dir = pathlib.Path(args.work_dir or d2ltvm.cache_dir() / "tuning" / args.model)
     out = pathlib.Path(args.out or ROOT / "data" / "tuning" / f"{args.model}_{args.mcpu}")
     work_dir.mkdir(parents=True, exist_ok=True)
 
