@@ -56,7 +56,8 @@ def build_candidate(mod, target, _params):
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", choices=["resnet18", "mlp", "cnn"], default="resnet18")
-    parser.add_argument("--trials", type=int, default=600, help="trials for this run (0: only compact)")
+    parser.add_argument("--trials", type=int, default=600,
+                        help="trials for each workload (batch size) in this run (0: only compact)")
     parser.add_argument("--trials-per-iter", type=int, default=16)
     parser.add_argument("--mcpu", default="znver5")
     parser.add_argument("--num-cores", type=int, default=2)
@@ -76,7 +77,8 @@ def main():
     work_dir.mkdir(parents=True, exist_ok=True)
 
     start = time.time()
-    for label, mod in build_workloads(args.model):
+    workloads = build_workloads(args.model)
+    for label, mod in workloads:
         prepared = d2ltvm.prepare_for_tuning(mod, target)
         tasks = ms.relax_integration.extract_tasks(prepared, target)
         print(f"{label}: {len(tasks)} tasks, tuning {args.trials} trials into {work_dir}", flush=True)
@@ -92,8 +94,9 @@ def main():
     info.update({"model": args.model, "target": str(target), "tvm_version": tvm.__version__,
                  "workloads": n})
     if args.trials > 0:
-        info["runs"].append({"date": datetime.date.today().isoformat(), "trials": args.trials,
-                             "tuning_seconds": round(seconds)})
+        # --trials is spent on each workload (batch size) in turn
+        info["runs"].append({"date": datetime.date.today().isoformat(),
+                             "trials": args.trials * len(workloads), "tuning_seconds": round(seconds)})
     elif args.note_run:
         info["runs"].append({"date": datetime.date.today().isoformat(), "trials": args.note_run[0],
                              "tuning_seconds": args.note_run[1]})
