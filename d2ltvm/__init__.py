@@ -332,8 +332,8 @@ import tempfile
 
 
 @contextlib.contextmanager
-def hide_tvm_scope_logs():
-    """Drop the 'Scope Saving/Loaded' lines TVM's C++ runtime writes to file descriptor 2 while (de)serializing a VM."""
+def drop_native_log_lines(*fragments):
+    """Hide the lines containing any of `fragments` that C++ code writes to file descriptor 2; pass the others on."""
     # Python's sys.stderr cannot silence output that C++ writes to the descriptor itself, so the
     # descriptor is pointed at a temporary file meanwhile; every other line is passed on.
     sys.stderr.flush()
@@ -346,10 +346,15 @@ def hide_tvm_scope_logs():
             os.dup2(saved_stderr, 2)
             os.close(saved_stderr)
             log.seek(0)
-            other = [line for line in log.read().decode(errors="replace").splitlines()
-                     if "Scope Saving:" not in line and "Scope Loaded:" not in line]
-            if other:
-                print("\n".join(other), file=sys.stderr)
+            kept = [line for line in log.read().decode(errors="replace").splitlines()
+                    if not any(fragment in line for fragment in fragments)]
+            if kept:
+                print("\n".join(kept), file=sys.stderr)
+
+
+def hide_tvm_scope_logs():
+    """Drop the 'Scope Saving/Loaded' lines TVM's C++ runtime writes to file descriptor 2 while (de)serializing a VM."""
+    return drop_native_log_lines("Scope Saving:", "Scope Loaded:")
 
 
 def main_argument_names(executable_or_module):
@@ -1446,30 +1451,6 @@ def missing_tuning_records(mod, database_dir, target=None, model="resnet18"):
 
 # ----------------------------------------------------------------------
 # Defined in chapters/performance/performance.ipynb
-import contextlib
-import os
-import sys
-
-
-@contextlib.contextmanager
-def drop_native_log_lines(*fragments):
-    """Hide the lines containing any of FRAGMENTS that TVM's C++ code writes to file descriptor 2; pass the others on."""
-    sys.stderr.flush()
-    saved = os.dup(2)
-    with tempfile.TemporaryFile() as log:
-        os.dup2(log.fileno(), 2)
-        try:
-            yield
-        finally:
-            os.dup2(saved, 2)
-            os.close(saved)
-            log.seek(0)
-            kept = [line for line in log.read().decode(errors="replace").splitlines()
-                    if not any(fragment in line for fragment in fragments)]
-            if kept:
-                print("\n".join(kept), file=sys.stderr)
-
-
 def compile_tuned(mod, weights, database_dir, target=None, model="resnet18"):
     """Compile MOD with the records of the tuning database in DATABASE_DIR applied (no search); return a CompiledModel."""
     from tvm import relax
