@@ -60,16 +60,23 @@ def test_cnn_twin_matches_keras():
                                rtol=1e-5, atol=1e-6)
 
 
-def test_cnn_variants_match_torch(cnns):
+def assert_variants_match_torch(workloads, dispatched_op, database, model, untuned=False):
+    """Dispatched and tuned (and optionally untuned) builds of each workload equal its PyTorch model."""
     import torch
-    for w in cnns:
+    for w in workloads:
         with torch.no_grad():
             expected = w["model"](w["input"]).numpy()
         dispatched = d2ltvm.dispatch_to_torch(w["mod"])
-        assert d2ltvm.count_relax_ops(dispatched, "relax.nn.conv2d") == 0
-        for compiled in (d2ltvm.compile_relax(dispatched, w["weights"]),
-                         d2ltvm.compile_tuned(w["mod"], w["weights"], CNN_DB, model="cnn")):
+        assert d2ltvm.count_relax_ops(dispatched, dispatched_op) == 0
+        builds = [d2ltvm.compile_relax(w["mod"], w["weights"])] if untuned else []
+        builds += [d2ltvm.compile_relax(dispatched, w["weights"]),
+                   d2ltvm.compile_tuned(w["mod"], w["weights"], database, model=model)]
+        for compiled in builds:
             np.testing.assert_allclose(compiled(w["input"].numpy()), expected, **TOLERANCE)
+
+
+def test_cnn_variants_match_torch(cnns):
+    assert_variants_match_torch(cnns, "relax.nn.conv2d", CNN_DB, "cnn")
 
 
 def test_database_records_its_target():
@@ -79,7 +86,7 @@ def test_database_records_its_target():
     assert info["total_trials"] > 0 and info["workloads"] > 0
 
 
-def test_missing_records_are_reported(resnet, tmp_path):
+def test_missing_records_are_reported(resnet):
     # a database holding only the MLP's tasks misses every ResNet-18 task
     missing = d2ltvm.missing_tuning_records(resnet["mod"], MLP_DB)
     assert len(missing) > 10 and any("conv2d" in name for name in missing)
@@ -119,16 +126,7 @@ def test_fold_batchnorm_rejects_training_mode():
 
 
 def test_mlp_variants_match_torch(mlps):
-    import torch
-    for w in mlps:
-        with torch.no_grad():
-            expected = w["model"](w["input"]).numpy()
-        dispatched = d2ltvm.dispatch_to_torch(w["mod"])
-        assert d2ltvm.count_relax_ops(dispatched, "relax.matmul") == 0
-        for compiled in (d2ltvm.compile_relax(w["mod"], w["weights"]),
-                         d2ltvm.compile_relax(dispatched, w["weights"]),
-                         d2ltvm.compile_tuned(w["mod"], w["weights"], MLP_DB, model="mlp")):
-            np.testing.assert_allclose(compiled(w["input"].numpy()), expected, **TOLERANCE)
+    assert_variants_match_torch(mlps, "relax.matmul", MLP_DB, "mlp", untuned=True)
 
 
 def test_dispatch_keeps_asymmetric_padding_in_tvm():
