@@ -2,26 +2,31 @@
 
 Usage (from the repository root):
 
-    python tools/tune_resnet18.py --model resnet18 --trials 600
-    python tools/tune_resnet18.py --model mlp --trials 48
-    python tools/tune_resnet18.py --model cnn --trials 112 --trials-per-iter 8
+    python tools/tune_resnet18.py --model resnet18 --trials 2000
+    python tools/tune_resnet18.py --model mlp --trials 64
+    python tools/tune_resnet18.py --model cnn --trials 128 --trials-per-iter 8
 
 Each run tunes into a full work directory outside the repository (default
-d2ltvm.cache_dir()/tuning/<model>, i.e. ~/.cache/d2ltvm/tuning/<model>, or --work-dir), which keeps every measured candidate. Running the command
-again with the same work directory RESUMES: the search starts from the best schedules already
-measured and adds new records, so the database grows across runs. After tuning, the best record
-of every workload is copied, gzipped, into data/tuning/<model>_<mcpu>/ (about 200 KB), together with
-tuning_info.json (target, trials, tuning time, date, TVM version, accumulated over runs).
+d2ltvm.cache_dir()/tuning/<model>_<mcpu>, i.e. ~/.cache/d2ltvm/tuning/<model>_<mcpu>, or --work-dir),
+which keeps every measured candidate. Running the command again with the same work directory
+RESUMES: the search starts from the best schedules already measured and adds new records, so the
+database grows across runs; stop it at any time (Ctrl-C) and run it with --trials 0 to ship what
+it has. After tuning, the best record of every workload is copied, gzipped, into
+data/tuning/<model>_<mcpu>/ (about 200 KB), together with tuning_info.json (target, trials, tuning
+time, date, TVM version, accumulated over runs, and the tuning progress: the model latency the
+search had measured after every 50 trials).
 
-The database is tied to the target it was measured on (here AMD Zen 5, mcpu=znver5, 2 cores).
-On another CPU, run this command with your own --mcpu and --num-cores: the chapter
-chapters/performance/performance.ipynb explains how to apply the result.
-Tuning depends on shapes, not on weight values: ResNet-18 uses torchvision's architecture with
-seeded random weights when the pretrained ones cannot be downloaded.
+The database is tied to the target it was measured on: --mcpu (default: this machine's CPU, as
+LLVM names it; the book ships znver4, AMD Zen 4) and --num-cores (default: the cores this process
+may use). Candidates are measured with that many TVM threads (TVM_NUM_THREADS), the number the
+chapter chapters/performance/performance.ipynb runs the models with; it explains how to apply the
+result. Tuning depends on shapes, not on weight values: ResNet-18 uses torchvision's architecture
+with seeded random weights when the pretrained ones cannot be downloaded.
 """
 import argparse
 import datetime
 import json
+import os
 import pathlib
 import sys
 import time
@@ -53,34 +58,78 @@ def build_candidate(mod, target, _params):
     return tvm_build(mod, target=target)
 
 
+def tuning_progress(work_dir, tasks, step=50):
+    """[[trials, ms], ...]: the model latency (sum over tasks of weight x best time so far) every STEP records.
+
+    Records are read in the order they were measured, across all runs on WORK_DIR; a point is
+    written once every task has a valid measurement. The latency is the search's own estimate
+    from its measurements of single kernels, not a timing of the whole model.
+    """
+    import tvm_ffi
+    weight = {}
+    for task in tasks:
+        key = str(tvm_ffi.structural_hash(task.dispatched[0]))
+        weight[key] = weight.get(key, 0) + task.weight
+    work_dir = pathlib.Path(work_dir)
+    hashes = [json.loads(line)[0] for line in open(work_dir / "database_workload.json") if line.strip()]
+    best, points, count = {}, [], 0
+
+    def estimate():
+        return round(1e3 * sum(weight[k] * best[k] for k in weight), 3)
+
+    for line in open(work_dir / "database_tuning_record.json"):
+        if not line.strip():
+            continue
+        index, record = json.loads(line)
+        count += 1
+        key, run_secs = hashes[index], [float(t) for t in (record[1] or [])]
+        if key in weight and run_secs and max(run_secs) < 1e9:  # failed builds/runs record 1e10
+            best[key] = min(best.get(key, float("inf")), sum(run_secs) / len(run_secs))
+        if count % step == 0 and len(best) == len(weight):
+            points.append([count, estimate()])
+    if len(best) == len(weight) and (not points or points[-1][0] != count):
+        points.append([count, estimate()])
+    return points
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", choices=["resnet18", "mlp", "cnn"], default="resnet18")
     parser.add_argument("--trials", type=int, default=600,
                         help="trials for each workload (batch size) in this run (0: only compact)")
     parser.add_argument("--trials-per-iter", type=int, default=16)
-    parser.add_argument("--mcpu", default="znver5")
-    parser.add_argument("--num-cores", type=int, default=2)
-    parser.add_argument("--work-dir", default=None, help="full database (default: d2ltvm.cache_dir()/tuning/<model>)")
+    parser.add_argument("--mcpu", default=None, help="LLVM CPU name (default: this machine's)")
+    parser.add_argument("--num-cores", type=int, default=len(os.sched_getaffinity(0)))
+    parser.add_argument("--work-dir", default=None, help="full database (default: d2ltvm.cache_dir()/tuning/<model>_<mcpu>)")
     parser.add_argument("--out", default=None, help="compact database (default data/tuning/<model>_<mcpu>)")
     parser.add_argument("--note-run", nargs=2, type=int, metavar=("TRIALS", "SECONDS"),
                         help="with --trials 0: record in tuning_info.json a run whose final step did not finish")
     args = parser.parse_args()
+    # TVM's thread pool uses half the logical CPUs on x86 (it assumes hyper-threading). The runner
+    # that measures candidates inherits this variable: measure with the threads the model will use.
+    os.environ["TVM_NUM_THREADS"] = str(args.num_cores)
 
     import tvm
     import d2ltvm
     from tvm.s_tir import meta_schedule as ms
 
-    target = tvm.target.Target({"kind": "llvm", "mcpu": args.mcpu, "num-cores": args.num_cores})
-    work_dir = pathlib.Path(args.work_dir or d2ltvm.cache_dir() / "tuning" / args.model)
+    args.mcpu = args.mcpu or tvm.target.codegen.llvm_get_system_cpu()
+    target = d2ltvm.tuning_target(args.mcpu, args.num_cores)
+    work_dir = pathlib.Path(args.work_dir or d2ltvm.cache_dir() / "tuning" / f"{args.model}_{args.mcpu}")
     out = pathlib.Path(args.out or ROOT / "data" / "tuning" / f"{args.model}_{args.mcpu}")
     work_dir.mkdir(parents=True, exist_ok=True)
 
-    start = time.time()
+    def measured():  # records in the work directory: one per measured candidate
+        path = work_dir / "database_tuning_record.json"
+        return sum(1 for line in open(path) if line.strip()) if path.exists() else 0
+
+    records_before, start = measured(), time.time()
     workloads = build_workloads(args.model)
+    all_tasks = []
     for label, mod in workloads:
         prepared = d2ltvm.prepare_for_tuning(mod, target)
         tasks = ms.relax_integration.extract_tasks(prepared, target)
+        all_tasks += tasks
         print(f"{label}: {len(tasks)} tasks, tuning {args.trials} trials into {work_dir}", flush=True)
         if args.trials > 0:
             ms.relax_integration.tune_relax(
@@ -94,12 +143,13 @@ def main():
     info.update({"model": args.model, "target": str(target), "tvm_version": tvm.__version__,
                  "workloads": n})
     if args.trials > 0:
-        # --trials is spent on each workload (batch size) in turn
+        # --trials is spent on each workload (batch size) in turn; the search may overshoot it a little
         info["runs"].append({"date": datetime.date.today().isoformat(),
-                             "trials": args.trials * len(workloads), "tuning_seconds": round(seconds)})
+                             "trials": measured() - records_before, "tuning_seconds": round(seconds)})
     elif args.note_run:
         info["runs"].append({"date": datetime.date.today().isoformat(), "trials": args.note_run[0],
                              "tuning_seconds": args.note_run[1]})
+    info["progress"] = tuning_progress(work_dir, all_tasks)
     info["total_trials"] = sum(r["trials"] for r in info["runs"])
     info["total_tuning_seconds"] = sum(r["tuning_seconds"] for r in info["runs"])
     info_path.write_text(json.dumps(info, indent=1) + "\n")
