@@ -7,9 +7,9 @@ import pytest
 import d2ltvm
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
-RESNET_DB = ROOT / "data" / "tuning" / "resnet18_znver5"
-MLP_DB = ROOT / "data" / "tuning" / "mlp_znver5"
-CNN_DB = ROOT / "data" / "tuning" / "cnn_znver5"
+RESNET_DB = ROOT / "data" / "tuning" / "resnet18_znver4"
+MLP_DB = ROOT / "data" / "tuning" / "mlp_znver4"
+CNN_DB = ROOT / "data" / "tuning" / "cnn_znver4"
 TOLERANCE = dict(rtol=1e-4, atol=1e-4)  # float32 sums in another order; a wrong kernel is far off
 
 
@@ -79,11 +79,67 @@ def test_cnn_variants_match_torch(cnns):
     assert_variants_match_torch(cnns, "relax.nn.conv2d", CNN_DB, "cnn")
 
 
-def test_database_records_its_target():
+@pytest.mark.parametrize("database", [RESNET_DB, MLP_DB, CNN_DB], ids=lambda p: p.name)
+def test_database_records_its_target_and_progress(database):
     import json
-    info = json.loads((RESNET_DB / "tuning_info.json").read_text())
+    info = json.loads((database / "tuning_info.json").read_text())
     assert info["target"] == str(d2ltvm.tuning_target())
     assert info["total_trials"] > 0 and info["workloads"] > 0
+    assert info["total_trials"] == sum(run["trials"] for run in info["runs"])
+    trials, latency = zip(*info["progress"])
+    # the estimate is a sum of best-so-far times: it can only fall as trials are added
+    assert list(trials) == sorted(trials) and trials[-1] <= info["total_trials"]
+    assert all(a >= b for a, b in zip(latency, latency[1:])) and latency[-1] > 0
+
+
+def test_tuning_progress_of_a_compact_database(mlps):
+    """The compact database holds one best record per task, so the progress is one point: their weighted sum."""
+    from tvm.s_tir import meta_schedule as ms
+    import tune_resnet18
+    target = d2ltvm.tuning_target()
+    tasks = [t for w in mlps
+             for t in ms.relax_integration.extract_tasks(d2ltvm.prepare_for_tuning(w["mod"], target), target)]
+    database = d2ltvm.open_tuning_database(MLP_DB, model="mlp")
+    expected = 0.0
+    for task in tasks:
+        record = database.query_tuning_record(task.dispatched[0], target, task.task_name)
+        expected += task.weight * sum(float(t) for t in record.run_secs) / len(record.run_secs)
+    progress = tune_resnet18.tuning_progress(d2ltvm.tuning_database_folder(MLP_DB), tasks, step=1)
+    assert progress[-1][0] == len(database.get_all_tuning_records())
+    assert progress[-1][1] == pytest.approx(1e3 * expected, abs=5e-4)  # rounded to the microsecond
+    # with a task the database has never measured, no estimate of the whole model exists
+    conv = d2ltvm.performance_workloads("cnn", batch_sizes=[1])[0]
+    conv_tasks = ms.relax_integration.extract_tasks(d2ltvm.prepare_for_tuning(conv["mod"], target), target)
+    assert tune_resnet18.tuning_progress(d2ltvm.tuning_database_folder(MLP_DB), tasks + conv_tasks[:1],
+                                         step=1) == []
+
+
+THREADS_SCRIPT = """
+import sys, tvm, d2ltvm
+first = d2ltvm.set_tvm_threads(int(sys.argv[1]))
+try:
+    d2ltvm.set_tvm_threads(first + 1)
+except RuntimeError as err:
+    print(first, tvm.runtime.num_threads(), err)
+"""
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+def test_set_tvm_threads_sizes_the_pool_once(threads):
+    import os
+    import subprocess
+    import sys
+    env = {k: v for k, v in os.environ.items() if k not in ("TVM_NUM_THREADS", "OMP_NUM_THREADS")}
+    out = subprocess.run([sys.executable, "-c", THREADS_SCRIPT, str(threads)], env=env,
+                         capture_output=True, text=True, check=True).stdout
+    first, now, message = out.split(" ", 2)
+    assert (int(first), int(now)) == (threads, threads)
+    assert "cannot be resized" in message and f"TVM_NUM_THREADS={threads + 1}" in message
+
+
+def test_set_tvm_threads_rejects_zero():
+    with pytest.raises(ValueError, match="at least one thread"):
+        d2ltvm.set_tvm_threads(0)
 
 
 def test_missing_records_are_reported(resnet):
@@ -196,6 +252,11 @@ def test_benchmark_and_median_on_fake_functions():
     rows = d2ltvm.benchmark("w", {"torch": lambda: sum(range(1000)), "other": lambda: None}, repeats=3)
     assert {r["method"] for r in rows} == {"torch", "other"}
     assert next(r for r in rows if r["method"] == "torch")["ratio"] == 1.0
+    calls.clear()
+    d2ltvm.benchmark("w", {"torch": lambda: calls.append(1)}, rounds=4, repeats=3, warmup=1)
+    assert len(calls) >= 4 * (1 + 1 + 3)  # every round: warm-up, calibration, samples
+    with pytest.raises(ValueError, match="at least one round"):
+        d2ltvm.benchmark("w", {"torch": lambda: None}, rounds=0)
 
 
 def test_plot_benchmark_draws_one_bar_per_row():

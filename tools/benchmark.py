@@ -1,13 +1,15 @@
 """Benchmark the book's workloads: PyTorch eager against TVM, in one process, same inputs.
 
-Usage (from the repository root, with the book's database in data/tuning/):
+Usage (from the repository root, with the book's databases in data/tuning/):
 
     python tools/benchmark.py                  # ResNet-18 batch 1, the MLP and the Keras CNN at batch 1 and 64
-    python tools/benchmark.py --torch-compile  # add torch.compile (its first call takes a minute)
+    python tools/benchmark.py --torch-compile  # add torch.compile (its first call compiles, up to a minute)
+    python tools/benchmark.py --models resnet18 --methods tvm-tuned --tvm-threads 1
 
 Prints one line per workload and method with its time relative to PyTorch eager, e.g.
-`resnet18 batch1 tvm-tuned/torch 2.41` (below 1: faster than PyTorch). The ratios are medians of
-many calls after warm-up; on a busy machine, run it twice.
+`resnet18 batch1 tvm-tuned/torch 0.83` (below 1: faster than PyTorch). The ratios are medians of
+many calls after warm-up; on a busy machine, run it twice. TVM runs with as many threads as
+PyTorch (--tvm-threads changes that, to show what the thread count is worth).
 """
 import argparse
 import pathlib
@@ -16,13 +18,19 @@ import warnings
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+METHODS = ("tvm-untuned", "tvm-dispatch", "tvm-dispatch-bnfold", "tvm-tuned")
 
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--torch-compile", action="store_true", help="also time torch.compile")
+    parser.add_argument("--models", nargs="+", choices=["resnet18", "mlp", "cnn"], default=["resnet18", "mlp", "cnn"])
+    parser.add_argument("--methods", nargs="+", choices=METHODS, default=list(METHODS),
+                        help="TVM variants to time (tvm-dispatch-bnfold exists for ResNet-18 only)")
+    parser.add_argument("--tvm-threads", type=int, default=None,
+                        help="threads of TVM's thread pool (default: as many as PyTorch uses)")
     parser.add_argument("--repeats", type=int, default=25)
-    parser.add_argument("--mcpu", default="znver5")
+    parser.add_argument("--mcpu", default="znver4", help="CPU the database was tuned for (data/tuning/<model>_<mcpu>)")
     parser.add_argument("--num-cores", type=int, default=2)
     args = parser.parse_args()
     warnings.filterwarnings("ignore", category=FutureWarning)
@@ -31,34 +39,37 @@ def main():
     import tvm
     import d2ltvm
 
+    d2ltvm.set_tvm_threads(args.tvm_threads or torch.get_num_threads())
     target = d2ltvm.tuning_target(args.mcpu, args.num_cores)
-    rows = []
-    for name in ("resnet18", "mlp", "cnn"):
+    for name in args.models:
         database_dir = ROOT / "data" / "tuning" / f"{name}_{args.mcpu}"
         for w in d2ltvm.performance_workloads(name):
             model, x = w["model"], w["input"]
             x_tvm = tvm.runtime.tensor(x.numpy())
-            variants = {"tvm-untuned": d2ltvm.compile_relax(w["mod"], w["weights"]),
-                        "tvm-dispatch": d2ltvm.compile_relax(d2ltvm.dispatch_to_torch(w["mod"]),
-                                                             w["weights"], target=target)}
-            if name == "resnet18":
-                folded = d2ltvm.fold_batchnorm(model)
-                mod, weights = d2ltvm.torch_to_relax(folded, x)
-                variants["tvm-dispatch-bnfold"] = d2ltvm.compile_relax(
-                    d2ltvm.dispatch_to_torch(mod), weights, target=target)
-            variants["tvm-tuned"] = d2ltvm.compile_tuned(w["mod"], w["weights"], database_dir, target, name)
+            builders = {
+                "tvm-untuned": lambda: d2ltvm.compile_relax(w["mod"], w["weights"]),
+                "tvm-dispatch": lambda: d2ltvm.compile_relax(d2ltvm.dispatch_to_torch(w["mod"]),
+                                                             w["weights"], target=target),
+                "tvm-dispatch-bnfold": lambda: d2ltvm.compile_relax(
+                    d2ltvm.dispatch_to_torch(folded[0]), folded[1], target=target),
+                "tvm-tuned": lambda: d2ltvm.compile_tuned(w["mod"], w["weights"], database_dir, target, name),
+            }
+            methods = [m for m in args.methods if m != "tvm-dispatch-bnfold" or name == "resnet18"]
+            if "tvm-dispatch-bnfold" in methods:
+                folded = d2ltvm.torch_to_relax(d2ltvm.fold_batchnorm(model), x)
+            variants = {m: builders[m]() for m in methods}
             with torch.no_grad():
                 expected = model(x).numpy()
                 for label, compiled in variants.items():
                     d2ltvm.np.testing.assert_allclose(compiled(x.numpy()), expected, rtol=1e-4, atol=1e-4)
-                methods = {"torch": lambda: model(x)}
+                timed = {"torch": lambda: model(x)}
                 if args.torch_compile:
-                    compiled_model = torch.compile(model)
-                    methods["torch-compile"] = lambda: compiled_model(x)
+                    compiled_model = torch.compile(model, dynamic=False)
+                    d2ltvm.np.testing.assert_allclose(compiled_model(x).numpy(), expected, rtol=1e-4, atol=1e-4)
+                    timed["torch-compile"] = lambda: compiled_model(x)
                 for label, compiled in variants.items():
-                    methods[label] = (lambda c: lambda: c.run(x_tvm))(compiled)
-                table = d2ltvm.benchmark(w["label"], methods, repeats=args.repeats, max_seconds=10)
-            rows += table
+                    timed[label] = (lambda c: lambda: c.run(x_tvm))(compiled)
+                table = d2ltvm.benchmark(w["label"], timed, repeats=args.repeats, max_seconds=10)
             print("\n".join(d2ltvm.ratio_lines(table)), flush=True)
 
 
