@@ -1136,6 +1136,23 @@ def performance_workloads(name, batch_sizes=None, seed=0):
 
 # ----------------------------------------------------------------------
 # Defined in chapters/performance/performance.ipynb
+def set_tvm_threads(threads):
+    """Size TVM's CPU thread pool to THREADS and return it; must run before compiled code first does."""
+    import os
+    threads = int(threads)
+    if threads < 1:
+        raise ValueError(f"set_tvm_threads needs at least one thread, got {threads}")
+    os.environ["TVM_NUM_THREADS"] = str(threads)
+    os.environ["TVM_BIND_THREADS"] = "0"  # no pinning: it would also pin the threads PyTorch starts later
+    actual = tvm.runtime.num_threads()  # starts the pool now if it is not running yet
+    if actual != threads:
+        raise RuntimeError(f"TVM's thread pool already runs {actual} thread(s) and cannot be resized: "
+                           f"call set_tvm_threads({threads}) before running compiled code, or start "
+                           f"Python with TVM_NUM_THREADS={threads}")
+    return actual
+
+# ----------------------------------------------------------------------
+# Defined in chapters/performance/performance.ipynb
 class CompiledModel:
     """A compiled Relax model with its weights bound: call it with a numpy input, get a numpy output."""
 
@@ -1164,8 +1181,8 @@ def list_vm_functions(vm):
     return [name for name in ("main", "main_transform_params") if vm.module.implements_function(name)]
 
 
-def tuning_target(mcpu="znver5", num_cores=2):
-    """Return the LLVM target the book's tuning database was measured for (AMD Zen 5, 2 cores)."""
+def tuning_target(mcpu="znver4", num_cores=2):
+    """Return the LLVM target the book's tuning databases were measured for (AMD Zen 4, 2 cores)."""
     import tvm
     return tvm.target.Target({"kind": "llvm", "mcpu": mcpu, "num-cores": num_cores})
 
@@ -1225,10 +1242,15 @@ def benchmark_table(workload, seconds, baseline="torch"):
             for method, s in seconds.items()]
 
 
-def benchmark(workload, methods, baseline="torch", **timing):
-    """Time each zero-argument callable of METHODS ({name: function}) in this process; return benchmark_table rows."""
-    seconds = {name: median_seconds(function, **timing) for name, function in methods.items()}
-    return benchmark_table(workload, seconds, baseline)
+def benchmark(workload, methods, baseline="torch", rounds=3, **timing):
+    """Time the zero-argument callables of METHODS ({name: function}) in ROUNDS interleaved rounds; return benchmark_table rows."""
+    if rounds < 1:
+        raise ValueError(f"benchmark needs at least one round, got {rounds}")
+    per_round = {name: [] for name in methods}
+    for _ in range(rounds):  # every round times every method: a machine that slows down hits them all
+        for name, function in methods.items():
+            per_round[name].append(median_seconds(function, **timing))
+    return benchmark_table(workload, {name: statistics.median(s) for name, s in per_round.items()}, baseline)
 
 
 def ratio_lines(rows, baseline="torch"):
