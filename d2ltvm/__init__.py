@@ -1483,3 +1483,19 @@ def compile_tuned(mod, weights, database_dir, target=None, model="resnet18"):
     # MetaScheduleApplyDatabase announces the database it opens, with its temporary path
     with drop_native_log_lines("Creating JSONDatabase"):
         return compile_relax(mod, weights, target, pipeline)
+
+# ----------------------------------------------------------------------
+# Defined in chapters/performance/performance.ipynb
+def compile_with_torch(workload):
+    """torch.compile the workload's model for its input shape; return the compiled model, or None if it fails."""
+    import torch
+    model, x = workload["model"], workload["input"]
+    compiled_model = torch.compile(model, dynamic=False)
+    try:
+        with torch.no_grad():
+            np.testing.assert_allclose(compiled_model(x).numpy(), model(x).numpy(), rtol=1e-4, atol=1e-4)
+    except (RuntimeError, OSError) as err:  # e.g. no C++ compiler: torch._inductor reports a RuntimeError
+        print(f"{workload['label']}: torch.compile failed here ({type(err).__name__}), left out")
+        return None
+    print(f"{workload['label']}: torch.compile matches PyTorch eager within 1e-4")
+    return compiled_model
