@@ -1303,9 +1303,10 @@ def torch_conv2d_kernel(strides, padding, dilation, groups):
 
     def conv2d(data, weight, out):
         import torch
-        result = torch.nn.functional.conv2d(torch.from_dlpack(data), torch.from_dlpack(weight),
-                                            None, strides, padding, dilation, groups)
-        torch.from_dlpack(out).copy_(result)
+        # aten's convolution with an out= tensor writes the result straight into TVM's buffer
+        torch.ops.aten.convolution.out(torch.from_dlpack(data), torch.from_dlpack(weight), None,
+                                       strides, padding, dilation, False, (0, 0), groups,
+                                       out=torch.from_dlpack(out))
 
     return register_torch_kernel(name, conv2d)
 
@@ -1364,6 +1365,40 @@ def count_relax_ops(mod, name):
             relax.analysis.post_order_visit(
                 func, lambda e: calls.append(e) if isinstance(e, relax.Call) and e.op.same_as(op) else None)
     return len(calls)
+
+# ----------------------------------------------------------------------
+# Defined in chapters/performance/performance.ipynb
+def vectorize_elementwise_rule(vector_lanes=16):
+    """A dlight schedule rule: inline a TensorIR function's blocks and vectorize an element-wise result (else decline)."""
+    from tvm import s_tir
+    from tvm.s_tir import dlight as dl
+
+    def apply(func, target, tunable):
+        if not isinstance(func, tvm.tirx.PrimFunc):
+            return None
+        sch = s_tir.Schedule(func)
+        blocks = dl.normalize_prim_func(sch)
+        if blocks is None:
+            return None  # not a function dlight can analyse: leave it unscheduled
+        blocks = dl.try_inline(sch, blocks)
+        if not all(block.is_injective() for block in blocks):
+            return None  # a reduction (pooling, mean, matmul): not this rule's business
+        for block in blocks:
+            loops = sch.get_loops(block.block_rv)
+            if loops:
+                _, inner = sch.split(sch.fuse(*loops), [None, vector_lanes])
+                sch.vectorize(inner)
+        return sch
+
+    return dl.ScheduleRule.from_callable("VectorizeElementwise")(apply)
+
+
+def dispatch_pipeline():
+    """The Relax pipeline for dispatched models: lift weight-only work, legalize and fuse, vectorize the element-wise glue."""
+    from tvm import relax
+    from tvm.s_tir import dlight as dl
+    return tvm.transform.Sequential([relax.transform.LiftTransformParams(), relax.pipeline.zero_pipeline(),
+                                     dl.ApplyDefaultSchedule(vectorize_elementwise_rule())])
 
 # ----------------------------------------------------------------------
 # Defined in chapters/performance/performance.ipynb

@@ -1,5 +1,6 @@
 """Tests for the helpers of chapters/performance/performance.ipynb (offline, no timing assertions)."""
 import pathlib
+import re
 
 import numpy as np
 import pytest
@@ -138,6 +139,19 @@ def test_set_tvm_threads_sizes_the_pool_once(threads):
     assert "cannot be resized" in message and f"TVM_NUM_THREADS={threads + 1}" in message
 
 
+def test_benchmark_script_prints_one_ratio_line_per_workload_and_method():
+    # the script runs and checks its variants against torch; the ratios' values are not tested
+    import subprocess
+    import sys
+    out = subprocess.run([sys.executable, str(ROOT / "tools" / "benchmark.py"), "--models", "mlp",
+                          "--methods", "tvm-dispatch", "tvm-tuned", "--repeats", "3", "--rounds", "1"],
+                         capture_output=True, text=True, check=True).stdout
+    lines = [line for line in out.splitlines() if "/torch " in line]
+    assert [line.rsplit(" ", 1)[0] for line in lines] == [
+        f"mlp batch{b} tvm-{m}/torch" for b in (1, 64) for m in ("dispatch", "tuned")]
+    assert all(re.fullmatch(r"\d+\.\d\d", line.rsplit(" ", 1)[1]) for line in lines)
+
+
 def test_set_tvm_threads_rejects_zero():
     with pytest.raises(ValueError, match="at least one thread"):
         d2ltvm.set_tvm_threads(0)
@@ -161,7 +175,8 @@ def test_dispatched_resnet18_matches_torch(resnet, resnet_reference):
     assert d2ltvm.count_relax_ops(dispatched, "relax.nn.conv2d") == 0
     assert "R.nn.conv2d" not in dispatched.script()
     assert dispatched.script().count("d2ltvm.torch_conv2d.") == 20
-    compiled = d2ltvm.compile_relax(dispatched, resnet["weights"])
+    compiled = d2ltvm.compile_relax(dispatched, resnet["weights"], target=d2ltvm.tuning_target(),
+                                    pipeline=d2ltvm.dispatch_pipeline())
     np.testing.assert_allclose(compiled(resnet["input"].numpy()), resnet_reference, **TOLERANCE)
 
 
@@ -199,6 +214,48 @@ def test_dispatch_keeps_asymmetric_padding_in_tvm():
         bb.emit_func_output(out)
     dispatched = d2ltvm.dispatch_to_torch(bb.get())
     assert d2ltvm.count_relax_ops(dispatched, "relax.nn.conv2d") == 1
+
+
+def test_dispatched_conv_forwards_stride_dilation_groups():
+    # every attribute the torch kernel receives changes the result: a wrong one fails the comparison
+    import torch
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(
+        torch.nn.Conv2d(4, 8, 3, stride=2, padding=2, dilation=2, groups=2),
+        torch.nn.Conv2d(8, 8, 1, stride=1, padding=0, groups=8)).eval()
+    x = torch.randn(1, 4, 11, 11)
+    mod, weights = d2ltvm.torch_to_relax(model, x)
+    dispatched = d2ltvm.dispatch_to_torch(mod)
+    assert d2ltvm.count_relax_ops(dispatched, "relax.nn.conv2d") == 0
+    names = sorted(set(re.findall(r'"(d2ltvm\.torch_conv2d\.[^"]+)"', dispatched.script())))
+    assert names == ["d2ltvm.torch_conv2d.s1x1.p0x0.d1x1.g8", "d2ltvm.torch_conv2d.s2x2.p2x2.d2x2.g2"]
+    with torch.no_grad():
+        expected = model(x).numpy()
+    np.testing.assert_allclose(d2ltvm.compile_relax(dispatched, weights)(x.numpy()), expected, **TOLERANCE)
+
+
+def test_vectorize_elementwise_rule_vectorizes_glue_and_declines_reductions():
+    import tvm
+    from tvm import relax
+    from tvm.s_tir import dlight as dl
+    bb = relax.BlockBuilder()
+    x = relax.Var("x", relax.TensorType((1, 4, 8, 8), "float32"))
+    with bb.function("main", [x]):
+        with bb.dataflow():
+            y = bb.emit(relax.op.nn.relu(relax.op.add(x, x)))
+            out = bb.emit_output(relax.op.nn.max_pool2d(y, pool_size=(2, 2), strides=(2, 2)))
+        bb.emit_func_output(out)
+    with d2ltvm.tuning_target():
+        fused = relax.pipeline.zero_pipeline()(bb.get())
+        before = {gv.name_hint: f.script() for gv, f in fused.functions.items()}
+        scheduled = dl.ApplyDefaultSchedule(d2ltvm.vectorize_elementwise_rule())(fused)
+    names = {gv.name_hint: gv for gv, f in scheduled.functions.items() if isinstance(f, tvm.tirx.PrimFunc)}
+    elementwise = [n for n in names if "relu" in n]
+    pooling = [n for n in names if "pool" in n]
+    assert len(elementwise) == 1 and len(pooling) == 1
+    assert "T.vectorized" not in before[elementwise[0]]
+    assert "T.vectorized(T.int64(16))" in scheduled[elementwise[0]].script()
+    assert scheduled[pooling[0]].script() == before[pooling[0]]  # a reduction: declined
 
 
 def test_dispatch_rejects_unknown_ops(resnet):

@@ -29,7 +29,9 @@ def main():
                         help="TVM variants to time (tvm-dispatch-bnfold exists for ResNet-18 only)")
     parser.add_argument("--tvm-threads", type=int, default=None,
                         help="threads of TVM's thread pool (default: as many as PyTorch uses)")
-    parser.add_argument("--repeats", type=int, default=25)
+    parser.add_argument("--repeats", type=int, default=25, help="timed samples per method and round")
+    parser.add_argument("--rounds", type=int, default=5,
+                        help="interleaved rounds over all methods; the ratio is the median over rounds")
     parser.add_argument("--mcpu", default="znver4", help="CPU the database was tuned for (data/tuning/<model>_<mcpu>)")
     parser.add_argument("--num-cores", type=int, default=2)
     args = parser.parse_args()
@@ -48,10 +50,11 @@ def main():
             x_tvm = tvm.runtime.tensor(x.numpy())
             builders = {
                 "tvm-untuned": lambda: d2ltvm.compile_relax(w["mod"], w["weights"]),
-                "tvm-dispatch": lambda: d2ltvm.compile_relax(d2ltvm.dispatch_to_torch(w["mod"]),
-                                                             w["weights"], target=target),
+                "tvm-dispatch": lambda: d2ltvm.compile_relax(d2ltvm.dispatch_to_torch(w["mod"]), w["weights"],
+                                                             target=target, pipeline=d2ltvm.dispatch_pipeline()),
                 "tvm-dispatch-bnfold": lambda: d2ltvm.compile_relax(
-                    d2ltvm.dispatch_to_torch(folded[0]), folded[1], target=target),
+                    d2ltvm.dispatch_to_torch(folded[0]), folded[1], target=target,
+                    pipeline=d2ltvm.dispatch_pipeline()),
                 "tvm-tuned": lambda: d2ltvm.compile_tuned(w["mod"], w["weights"], database_dir, target, name),
             }
             methods = [m for m in args.methods if m != "tvm-dispatch-bnfold" or name == "resnet18"]
@@ -68,7 +71,8 @@ def main():
                     timed["torch-compile"] = lambda: compiled_model(x)
                 for label, compiled in variants.items():
                     timed[label] = (lambda c: lambda: c.run(x_tvm))(compiled)
-                table = d2ltvm.benchmark(w["label"], timed, repeats=args.repeats, max_seconds=10)
+                table = d2ltvm.benchmark(w["label"], timed, rounds=args.rounds, repeats=args.repeats,
+                                        max_seconds=10)
             print("\n".join(d2ltvm.ratio_lines(table)), flush=True)
 
 
