@@ -80,6 +80,17 @@ def test_cnn_variants_match_torch(cnns):
     assert_variants_match_torch(cnns, "relax.nn.conv2d", CNN_DB, "cnn")
 
 
+def test_cnn_dispatched_to_onednn_matches_torch(cnns):
+    import torch
+    for w in cnns:
+        compiled = d2ltvm.compile_relax(d2ltvm.dispatch_to_onednn(w["mod"]), w["weights"],
+                                        target=d2ltvm.tuning_target(), pipeline=d2ltvm.dispatch_pipeline())
+        assert sum(isinstance(p, d2ltvm.PackedConv2dWeight) for p in compiled.weights) == 2
+        with torch.no_grad():
+            expected = w["model"](w["input"]).numpy()
+        np.testing.assert_allclose(compiled(w["input"].numpy()), expected, **TOLERANCE)
+
+
 @pytest.mark.parametrize("database", [RESNET_DB, MLP_DB, CNN_DB], ids=lambda p: p.name)
 def test_database_records_its_target_and_progress(database):
     import json
@@ -143,12 +154,15 @@ def test_benchmark_script_prints_one_ratio_line_per_workload_and_method():
     # the script runs and checks its variants against torch; the ratios' values are not tested
     import subprocess
     import sys
-    out = subprocess.run([sys.executable, str(ROOT / "tools" / "benchmark.py"), "--models", "mlp",
-                          "--methods", "tvm-dispatch", "tvm-tuned", "--repeats", "3", "--rounds", "1"],
+    # (the MLP has no convolution, so it gets no tvm-dispatch-prepacked line)
+    out = subprocess.run([sys.executable, str(ROOT / "tools" / "benchmark.py"), "--models", "mlp", "cnn",
+                          "--methods", "tvm-dispatch", "tvm-dispatch-prepacked", "tvm-tuned",
+                          "--repeats", "3", "--rounds", "1"],
                          capture_output=True, text=True, check=True).stdout
     lines = [line for line in out.splitlines() if "/torch " in line]
     assert [line.rsplit(" ", 1)[0] for line in lines] == [
-        f"mlp batch{b} tvm-{m}/torch" for b in (1, 64) for m in ("dispatch", "tuned")]
+        f"mlp batch{b} tvm-{m}/torch" for b in (1, 64) for m in ("dispatch", "tuned")] + [
+        f"cnn batch{b} tvm-{m}/torch" for b in (1, 64) for m in ("dispatch", "dispatch-prepacked", "tuned")]
     assert all(re.fullmatch(r"\d+\.\d\d", line.rsplit(" ", 1)[1]) for line in lines)
 
 
@@ -178,6 +192,75 @@ def test_dispatched_resnet18_matches_torch(resnet, resnet_reference):
     compiled = d2ltvm.compile_relax(dispatched, resnet["weights"], target=d2ltvm.tuning_target(),
                                     pipeline=d2ltvm.dispatch_pipeline())
     np.testing.assert_allclose(compiled(resnet["input"].numpy()), resnet_reference, **TOLERANCE)
+
+
+def test_onednn_dispatch_packs_each_resnet18_weight_once(resnet, resnet_reference, monkeypatch):
+    # the packing must sit in main_transform_params (run once by CompiledModel), never in main
+    packs = []
+
+    class CountedPackedConv2dWeight(d2ltvm.PackedConv2dWeight):
+        def __init__(self, *args):
+            packs.append(args[0].shape)
+            super().__init__(*args)
+
+    monkeypatch.setattr(d2ltvm, "PackedConv2dWeight", CountedPackedConv2dWeight)
+    dispatched = d2ltvm.dispatch_to_onednn(resnet["mod"])
+    assert d2ltvm.count_relax_ops(dispatched, "relax.nn.conv2d") == 0
+    compiled = d2ltvm.compile_relax(dispatched, resnet["weights"], target=d2ltvm.tuning_target(),
+                                    pipeline=d2ltvm.dispatch_pipeline())
+    assert len(packs) == 20
+    assert sum(isinstance(p, d2ltvm.PackedConv2dWeight) for p in compiled.weights) == 20
+    for _ in range(2):
+        np.testing.assert_allclose(compiled(resnet["input"].numpy()), resnet_reference, **TOLERANCE)
+    assert len(packs) == 20  # running the model packed nothing more
+
+
+def test_onednn_dispatch_forwards_stride_dilation_groups_and_batch():
+    # every attribute the packed kernels receive changes the result: a wrong one fails the comparison
+    import torch
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(
+        torch.nn.Conv2d(4, 8, 3, stride=2, padding=2, dilation=2, groups=2),
+        torch.nn.ReLU(),
+        torch.nn.Conv2d(8, 8, (1, 3), padding=(0, 1), groups=8, bias=False)).eval()
+    x = torch.randn(2, 4, 11, 13)
+    mod, weights = d2ltvm.torch_to_relax(model, x)
+    dispatched = d2ltvm.dispatch_to_onednn(mod)
+    assert d2ltvm.count_relax_ops(dispatched, "relax.nn.conv2d") == 0
+    names = sorted(set(re.findall(r'"(d2ltvm\.torch_packed_conv2d\.[^"]+)"', dispatched.script())))
+    assert names == ["d2ltvm.torch_packed_conv2d.s1x1.p0x1.d1x1.g8",
+                     "d2ltvm.torch_packed_conv2d.s2x2.p2x2.d2x2.g2"]
+    with torch.no_grad():
+        expected = model(x).numpy()
+    compiled = d2ltvm.compile_relax(dispatched, weights)
+    np.testing.assert_allclose(compiled(x.numpy()), expected, **TOLERANCE)
+
+
+def test_onednn_dispatch_keeps_asymmetric_padding_and_unknown_shapes_in_tvm():
+    import tvm
+    from tvm import relax
+    bb = relax.BlockBuilder()
+    n = tvm.tirx.Var("n", "int64")
+    x = relax.Var("x", relax.TensorType((1, 3, 8, 8), "float32"))
+    y = relax.Var("y", relax.TensorType((n, 3, 8, 8), "float32"))
+    w = relax.Var("w", relax.TensorType((4, 3, 3, 3), "float32"))
+    with bb.function("main", [x, y, w]):
+        with bb.dataflow():
+            a = bb.emit(relax.op.nn.conv2d(x, w, padding=(0, 0, 1, 1)))  # torch cannot pad asymmetrically
+            b = bb.emit(relax.op.nn.conv2d(y, w, padding=1))  # packing needs a known input shape
+            c = bb.emit(relax.op.nn.conv2d(x, w, padding=1))
+            out = bb.emit_output(relax.Tuple([a, b, c]))
+        bb.emit_func_output(out)
+    dispatched = d2ltvm.dispatch_to_onednn(bb.get())
+    assert d2ltvm.count_relax_ops(dispatched, "relax.nn.conv2d") == 2
+    assert dispatched.script().count("d2ltvm.torch_packed_conv2d.") == 1
+
+
+def test_onednn_dispatch_needs_a_torch_with_onednn(resnet, monkeypatch):
+    import torch
+    monkeypatch.setattr(torch.backends.mkldnn, "is_available", lambda: False)
+    with pytest.raises(RuntimeError, match="oneDNN.*dispatch_to_torch"):
+        d2ltvm.dispatch_to_onednn(resnet["mod"])
 
 
 def test_folded_batchnorm_matches(resnet, resnet_reference):

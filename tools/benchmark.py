@@ -18,7 +18,7 @@ import warnings
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-METHODS = ("tvm-untuned", "tvm-dispatch", "tvm-dispatch-bnfold", "tvm-tuned")
+METHODS = ("tvm-untuned", "tvm-dispatch", "tvm-dispatch-bnfold", "tvm-dispatch-prepacked", "tvm-tuned")
 
 
 def main():
@@ -26,7 +26,8 @@ def main():
     parser.add_argument("--torch-compile", action="store_true", help="also time torch.compile")
     parser.add_argument("--models", nargs="+", choices=["resnet18", "mlp", "cnn"], default=["resnet18", "mlp", "cnn"])
     parser.add_argument("--methods", nargs="+", choices=METHODS, default=list(METHODS),
-                        help="TVM variants to time (tvm-dispatch-bnfold exists for ResNet-18 only)")
+                        help="TVM variants to time (tvm-dispatch-bnfold exists for ResNet-18 only, "
+                             "tvm-dispatch-prepacked for the models with convolutions)")
     parser.add_argument("--tvm-threads", type=int, default=None,
                         help="threads of TVM's thread pool (default: as many as PyTorch uses)")
     parser.add_argument("--repeats", type=int, default=25, help="timed samples per method and round")
@@ -55,9 +56,13 @@ def main():
                 "tvm-dispatch-bnfold": lambda: d2ltvm.compile_relax(
                     d2ltvm.dispatch_to_torch(folded[0]), folded[1], target=target,
                     pipeline=d2ltvm.dispatch_pipeline()),
+                "tvm-dispatch-prepacked": lambda: d2ltvm.compile_relax(
+                    d2ltvm.dispatch_to_onednn(w["mod"]), w["weights"], target=target,
+                    pipeline=d2ltvm.dispatch_pipeline()),
                 "tvm-tuned": lambda: d2ltvm.compile_tuned(w["mod"], w["weights"], database_dir, target, name),
             }
-            methods = [m for m in args.methods if m != "tvm-dispatch-bnfold" or name == "resnet18"]
+            methods = [m for m in args.methods if (m != "tvm-dispatch-bnfold" or name == "resnet18")
+                       and (m != "tvm-dispatch-prepacked" or name != "mlp")]
             if "tvm-dispatch-bnfold" in methods:
                 folded = d2ltvm.torch_to_relax(d2ltvm.fold_batchnorm(model), x)
             variants = {m: builders[m]() for m in methods}
