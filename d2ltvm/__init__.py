@@ -1295,11 +1295,16 @@ def register_torch_kernel(name, function):
     return name
 
 
-def torch_conv2d_kernel(strides, padding, dilation, groups):
-    """Register and name a destination-passing conv2d(data, weight, out) computed by torch for these attributes."""
+def _conv2d_attributes(strides, padding, dilation, groups):
+    """Return strides, padding, dilation as tuples of ints and groups as an int, plus their name suffix."""
     strides, padding, dilation = (tuple(int(v) for v in t) for t in (strides, padding, dilation))
     groups = int(groups)
-    name = "d2ltvm.torch_conv2d.s{}x{}.p{}x{}.d{}x{}.g{}".format(*strides, *padding, *dilation, groups)
+    return strides, padding, dilation, groups, "s{}x{}.p{}x{}.d{}x{}.g{}".format(*strides, *padding, *dilation, groups)
+
+
+def torch_conv2d_kernel(strides, padding, dilation, groups):
+    """Register and name a destination-passing conv2d(data, weight, out) computed by torch for these attributes."""
+    strides, padding, dilation, groups, suffix = _conv2d_attributes(strides, padding, dilation, groups)
 
     def conv2d(data, weight, out):
         import torch
@@ -1308,7 +1313,7 @@ def torch_conv2d_kernel(strides, padding, dilation, groups):
                                        strides, padding, dilation, False, (0, 0), groups,
                                        out=torch.from_dlpack(out))
 
-    return register_torch_kernel(name, conv2d)
+    return register_torch_kernel("d2ltvm.torch_conv2d." + suffix, conv2d)
 
 
 def torch_matmul_kernel():
@@ -1427,13 +1432,6 @@ class PackedConv2dWeight:
 
     def __repr__(self):
         return f"PackedConv2dWeight(shape={self.shape})"
-
-
-def _conv2d_attributes(strides, padding, dilation, groups):
-    """Return strides, padding, dilation as tuples of ints and groups as an int, plus their name suffix."""
-    strides, padding, dilation = (tuple(int(v) for v in t) for t in (strides, padding, dilation))
-    groups = int(groups)
-    return strides, padding, dilation, groups, "s{}x{}.p{}x{}.d{}x{}.g{}".format(*strides, *padding, *dilation, groups)
 
 
 def torch_pack_conv2d_kernel(strides, padding, dilation, groups):
