@@ -1325,6 +1325,15 @@ def torch_matmul_kernel():
     return register_torch_kernel("d2ltvm.torch_matmul", matmul)
 
 
+def rewrite_relax_functions(mod, mutator_class):
+    """Return a copy of MOD whose Relax functions went through MUTATOR_CLASS(mod) (a PyExprMutator); TensorIR is kept."""
+    from tvm import relax
+    result = tvm.IRModule(attrs=mod.attrs)
+    for gvar, func in mod.functions.items():
+        result[gvar] = mutator_class(mod).visit_expr(func) if isinstance(func, relax.Function) else func
+    return result
+
+
 def dispatch_to_torch(mod, ops=("conv2d", "matmul")):
     """Return a copy of MOD where every float32 R.nn.conv2d (NCHW/OIHW, symmetric padding) and 2-D R.matmul in OPS calls torch via call_dps_packed."""
     from tvm import relax
@@ -1353,12 +1362,7 @@ def dispatch_to_torch(mod, ops=("conv2d", "matmul")):
                 return relax.call_dps_packed(torch_matmul_kernel(), list(call.args), out_type)
             return call
 
-    result = tvm.IRModule(attrs=mod.attrs)
-    for gvar, func in mod.functions.items():
-        if isinstance(func, relax.Function):
-            func = TorchDispatcher(mod).visit_expr(func)
-        result[gvar] = func
-    return result
+    return rewrite_relax_functions(mod, TorchDispatcher)
 
 
 def count_relax_ops(mod, name):
@@ -1491,12 +1495,8 @@ def dispatch_to_onednn(mod):
             return relax.call_pure_packed(torch_packed_conv2d_kernel(*attributes), data, packed,
                                           ty_args=call.ty)
 
-    result = tvm.IRModule(attrs=mod.attrs)
-    for gvar, func in mod.functions.items():
-        if isinstance(func, relax.Function):
-            func = OneDNNDispatcher(mod).visit_expr(func)
-        result[gvar] = func
-    return dispatch_to_torch(result, ops=("matmul",))  # the classifier's matmuls, as before
+    return dispatch_to_torch(rewrite_relax_functions(mod, OneDNNDispatcher),
+                             ops=("matmul",))  # the classifier's matmuls, as before
 
 # ----------------------------------------------------------------------
 # Defined in chapters/performance/performance.ipynb
