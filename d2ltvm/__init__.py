@@ -40,6 +40,111 @@ def vector_add(n):
     return A, B, C
 
 # ----------------------------------------------------------------------
+# Defined in chapters/getting_started/vector_add.ipynb
+import json
+import os
+import platform
+
+VECTOR_BITS = {"x86-64-avx512": 512, "x86-64-avx2": 256, "x86-64": 128, "aarch64": 128}
+
+
+def usable_cores():
+    """Return how many CPU cores this process may use (its affinity mask where the OS has one)."""
+    if hasattr(os, "sched_getaffinity"):  # Linux; macOS and Windows have no affinity masks
+        return len(os.sched_getaffinity(0))
+    return os.cpu_count() or 1
+
+
+def host_target(runnable=True):
+    """Return the TVM target the book compiles for: this machine's CPU, or $D2LTVM_TARGET (JSON)."""
+    spec = os.environ.get("D2LTVM_TARGET", "").strip()
+    if not spec:
+        config = dict(tvm.target.Target.from_device(tvm.cpu()).export())
+    else:
+        example = '{"kind": "llvm", "mcpu": "x86-64-v2"}'
+        try:
+            config = json.loads(spec)
+        except json.JSONDecodeError as err:
+            raise ValueError(f"D2LTVM_TARGET is not JSON ({err}): {spec!r}; "
+                             f"write a target like {example}") from None
+        if not isinstance(config, dict) or config.get("kind") != "llvm":
+            raise ValueError(f"D2LTVM_TARGET must be a JSON object with \"kind\": \"llvm\", "
+                             f"like {example}; got {spec!r}")
+        triple = config.get("mtriple") or f"{platform.machine()}-unknown-linux-gnu"
+        mcpu = config.get("mcpu")
+        if mcpu and not tvm.target.codegen.llvm_is_valid_cpu(mcpu, triple):
+            raise ValueError(f"D2LTVM_TARGET names mcpu {mcpu!r}, which LLVM does not know for "
+                             f"{triple}; `llc -mcpu=help` lists the names")
+    config = {k: v for k, v in config.items() if k not in ("tag", "keys")}
+    config.setdefault("num-cores", usable_cores())
+    target = tvm.target.Target(config)
+    return check_target_runs_here(target) if runnable else target
+
+
+def target_arch(target):
+    """Return the architecture an LLVM target compiles for: 'x86_64', 'aarch64', ..."""
+    triple = str(target.attrs.get("mtriple") or platform.machine())
+    arch = triple.split("-")[0].lower()
+    return {"amd64": "x86_64", "arm64": "aarch64"}.get(arch, arch)
+
+
+def isa_class(target):
+    """Name a target's instruction-set class: x86-64-avx512, x86-64-avx2, x86-64, aarch64, ..."""
+    arch, has = target_arch(target), tvm.target.codegen.llvm_cpu_has_features
+    if arch == "x86_64":
+        if has("avx512f", target):
+            return "x86-64-avx512"
+        return "x86-64-avx2" if has(["avx2", "fma"], target) else "x86-64"
+    return arch
+
+# ----------------------------------------------------------------------
+# Defined in chapters/getting_started/vector_add.ipynb
+def cpu_model():
+    """Return the CPU's model name as the operating system reports it (or the architecture)."""
+    import subprocess
+    try:
+        if platform.system() == "Darwin":
+            return subprocess.run(["sysctl", "-n", "machdep.cpu.brand_string"], capture_output=True,
+                                  text=True, check=True).stdout.strip()
+        with open("/proc/cpuinfo", encoding="utf-8") as cpuinfo:
+            for line in cpuinfo:
+                if line.lower().startswith(("model name", "hardware", "cpu model")):
+                    return line.split(":", 1)[1].strip()
+    except (OSError, subprocess.SubprocessError):
+        pass
+    return platform.processor() or platform.machine()
+
+
+def instruction_features(target):
+    """Return the instruction-set extensions LLVM enables for TARGET (not its tuning flags)."""
+    import re
+    pattern = re.compile(r"(sse|ssse|avx|fma|f16c|bmi|amx|aes|sha|vaes|vpclmul|gfni|popcnt|lzcnt|"
+                         r"movbe|adx|sve|sme|neon|dotprod|i8mm|bf16|fp16|fullfp16|crc|lse|rcpc)")
+    return {f for f in tvm.target.codegen.llvm_get_cpu_features(target) if pattern.match(f)}
+
+
+def check_target_runs_here(target):
+    """Raise RuntimeError if code built for TARGET could use instructions this CPU lacks."""
+    host = tvm.target.Target.from_device(tvm.cpu())
+    if target_arch(target) != target_arch(host):
+        raise RuntimeError(f"the target {target} compiles for {target_arch(target)}, but this "
+                           f"machine is {target_arch(host)}: its code cannot run here")
+    missing = sorted(instruction_features(target) - instruction_features(host))
+    if missing:
+        raise RuntimeError(f"code built for {target} may use instructions this CPU "
+                           f"({host.attrs['mcpu']}) lacks: {', '.join(missing[:8])}; unset "
+                           f"D2LTVM_TARGET or name a CPU class this machine runs")
+    return target
+
+
+def machine_facts(target=None):
+    """Return what the book's results depend on: CPU model, vector ISA class, cores, target."""
+    target = target or host_target()
+    return {"cpu": cpu_model(), "isa": isa_class(target),
+            "vector bits": VECTOR_BITS.get(isa_class(target)),
+            "cores": usable_cores(), "target": str(target)}
+
+# ----------------------------------------------------------------------
 # Defined in chapters/getting_started/downloads.ipynb
 import hashlib
 import os
