@@ -1,6 +1,7 @@
 # d2ltvm: the two commands of README.md, and the tools behind them.
 #   make html   render the book into _build/html (sets up .venv when needed)
-#   make test   package sync check, unit tests and nbval over every chapter
+#   make test   package sync check, unit tests and nbval over every chapter, then nbval again as
+#               a machine of another CPU class would run it (test-foreign-cpu)
 # Everything runs in the virtual environment .venv, built from requirements.txt.
 
 PYTHON ?= python3
@@ -12,7 +13,12 @@ JOBS   ?= 2
 export D2LTVM_OFFLINE ?= 1
 export PYTHONHASHSEED := 0
 
-.PHONY: html test venv package outputs clean
+# A machine of another class: PyTorch and oneDNN held to their plain kernels, TVM compiling for
+# an x86-64 CPU without AVX (any x86-64 machine runs that code). Stored outputs must not change.
+FOREIGN_CPU := ATEN_CPU_CAPABILITY=default ONEDNN_MAX_CPU_ISA=SSE41 \
+	D2LTVM_TARGET='{"kind": "llvm", "mcpu": "x86-64-v2"}'
+
+.PHONY: html test test-native test-foreign-cpu venv package outputs clean
 
 venv: $(STAMP)
 
@@ -28,9 +34,17 @@ html: $(STAMP)
 	$(BIN)/jupyter-book build -W --keep-going .
 	@echo "The book is at $(CURDIR)/_build/html/index.html"
 
-test: $(STAMP)
+test: test-native test-foreign-cpu
+
+test-native: $(STAMP)
 	$(BIN)/python tools/sync_package.py --check
 	$(BIN)/python -m pytest -n $(JOBS) --dist loadfile tests chapters
+
+test-foreign-cpu: $(STAMP)
+	@if [ "$$(uname -m)" = x86_64 ]; then \
+	  echo "nbval over every chapter as on another CPU: $(FOREIGN_CPU)"; \
+	  $(FOREIGN_CPU) $(BIN)/python -m pytest -n $(JOBS) --dist loadfile chapters; \
+	else echo "test-foreign-cpu: skipped, it plays an x86-64 machine and this one is $$(uname -m)"; fi
 
 # Regenerate d2ltvm/__init__.py from the '# Save to the d2ltvm package' cells.
 package: $(STAMP)

@@ -70,7 +70,8 @@ def host_target(runnable=True):
         if not isinstance(config, dict) or config.get("kind") != "llvm":
             raise ValueError(f"D2LTVM_TARGET must be a JSON object with \"kind\": \"llvm\", "
                              f"like {example}; got {spec!r}")
-        triple = config.get("mtriple") or f"{platform.machine()}-unknown-linux-gnu"
+        host = tvm.target.Target.from_device(tvm.cpu())
+        triple = config.get("mtriple") or host.attrs.get("mtriple") or platform.machine()
         mcpu = config.get("mcpu")
         if mcpu and not tvm.target.codegen.llvm_is_valid_cpu(mcpu, triple):
             raise ValueError(f"D2LTVM_TARGET names mcpu {mcpu!r}, which LLVM does not know for "
@@ -106,10 +107,13 @@ def cpu_model():
         if platform.system() == "Darwin":
             return subprocess.run(["sysctl", "-n", "machdep.cpu.brand_string"], capture_output=True,
                                   text=True, check=True).stdout.strip()
-        with open("/proc/cpuinfo", encoding="utf-8") as cpuinfo:
+        with open("/proc/cpuinfo", encoding="utf-8") as cpuinfo:  # Linux
             for line in cpuinfo:
-                if line.lower().startswith(("model name", "hardware", "cpu model")):
+                if line.lower().startswith(("model name", "cpu model")):
                     return line.split(":", 1)[1].strip()
+        for line in subprocess.run(["lscpu"], capture_output=True, text=True).stdout.splitlines():
+            if line.startswith("Model name:"):  # aarch64 Linux: /proc/cpuinfo names no model
+                return line.split(":", 1)[1].strip()
     except (OSError, subprocess.SubprocessError):
         pass
     return platform.processor() or platform.machine()
@@ -1286,15 +1290,10 @@ def list_vm_functions(vm):
     return [name for name in ("main", "main_transform_params") if vm.module.implements_function(name)]
 
 
-def tuning_target(mcpu="znver4", num_cores=2):
-    """Return the LLVM target the book's tuning databases were measured for (AMD Zen 4, 2 cores)."""
-    import tvm
-    return tvm.target.Target({"kind": "llvm", "mcpu": mcpu, "num-cores": num_cores})
-
-
-def compile_relax(mod, weights, target="llvm", pipeline=None):
-    """Compile MOD (default: Relax's 'zero' pipeline after lifting weight-only work) and return a CompiledModel."""
+def compile_relax(mod, weights, target=None, pipeline=None):
+    """Compile MOD for TARGET (default: host_target()) with PIPELINE; return a CompiledModel."""
     from tvm import relax
+    target = target or host_target()
     if pipeline is None:
         # Work that depends only on the weights (e.g. transposing them for a matmul) moves into
         # main_transform_params, which CompiledModel runs once; then legalize and fuse.
@@ -1619,6 +1618,40 @@ def prepare_for_tuning(mod, target):
 
 # ----------------------------------------------------------------------
 # Defined in chapters/performance/performance.ipynb
+import json
+
+
+def tuning_root():
+    """Return the folder of the tuning databases the book ships: data/tuning next to the package."""
+    import d2ltvm
+    return pathlib.Path(d2ltvm.__file__).resolve().parent.parent / "data" / "tuning"
+
+
+def database_target(folder):
+    """Return the target a shipped database in FOLDER was tuned for, from its tuning_info.json."""
+    info = pathlib.Path(folder) / "tuning_info.json"
+    if not info.is_file():
+        raise FileNotFoundError(f"{info} is missing: a shipped database records its target there")
+    return tvm.target.Target(json.loads(info.read_text())["target"])
+
+
+def shipped_tuning_database(model, target=None, root=None):
+    """Return the shipped database folder for MODEL tuned for TARGET's ISA class, or None."""
+    wanted = isa_class(target or host_target())
+    for info in sorted(pathlib.Path(root or tuning_root()).glob(f"{model}_*/tuning_info.json")):
+        if json.loads(info.read_text()).get("model") == model \
+                and isa_class(database_target(info.parent)) == wanted:
+            return info.parent
+    return None
+
+
+def record_isa_classes(database):
+    """Return the set of ISA classes of the targets the records of DATABASE were measured for."""
+    return {isa_class(target) for target in
+            {str(r.target): r.target for r in database.get_all_tuning_records()}.values()}
+
+# ----------------------------------------------------------------------
+# Defined in chapters/performance/performance.ipynb
 import tempfile
 
 TUNE_COMMAND = "python tools/tune_resnet18.py --model {model} --trials 600"
@@ -1689,21 +1722,36 @@ def compact_tuning_database(work_dir, out_dir):
 # ----------------------------------------------------------------------
 # Defined in chapters/performance/performance.ipynb
 def missing_tuning_records(mod, database_dir, target=None, model="resnet18"):
-    """Return the names of the tuning tasks of MOD for TARGET that have no record in the database in DATABASE_DIR."""
+    """Return MOD's tuning tasks for TARGET with no record of TARGET's ISA class in the database."""
     from tvm.s_tir import meta_schedule as ms
-    target = target or tuning_target()
+    target = target or host_target()
     database = open_tuning_database(database_dir, model)
     tasks = ms.relax_integration.extract_tasks(prepare_for_tuning(mod, target), target)
-    return [task.task_name for task in tasks
-            if database.query_tuning_record(task.dispatched[0], target, task.task_name) is None]
+    missing = []
+    for task in tasks:
+        record = database.query_tuning_record(task.dispatched[0], target, task.task_name)
+        if record is None or isa_class(record.target) != isa_class(target):
+            missing.append(task.task_name)  # records made for another class do not count
+    return missing
 
 # ----------------------------------------------------------------------
 # Defined in chapters/performance/performance.ipynb
-def compile_tuned(mod, weights, database_dir, target=None, model="resnet18"):
-    """Compile MOD with the records of the tuning database in DATABASE_DIR applied (no search); return a CompiledModel."""
+def compile_tuned(mod, weights, database_dir, target=None, model="resnet18", any_class=False):
+    """Compile MOD with the tuning database in DATABASE_DIR applied (no search); a CompiledModel.
+
+    The records must have been tuned for TARGET's ISA class; any_class=True applies them anyway
+    (the code is correct on any CPU, but schedules made for another class can be slow).
+    """
     from tvm import relax
-    target = target or tuning_target()
+    target = target or host_target()
     plain = tuning_database_folder(database_dir, model)  # a clear error if the folder is missing
+    classes = record_isa_classes(open_tuning_database(plain, model))
+    if not any_class and classes != {isa_class(target)}:
+        raise ValueError(f"the tuning database in {database_dir} was tuned for "
+                         f"{', '.join(sorted(classes)) or 'nothing'}, but the target is "
+                         f"{isa_class(target)} ({target.attrs.get('mcpu', 'generic')}): its "
+                         f"schedules would be applied to a CPU they were not made for; tune one "
+                         f"for this CPU with `{TUNE_COMMAND.format(model=model)}`")
     pipeline = relax.get_pipeline("static_shape_tuning", target=target, work_dir=str(plain),
                                   total_trials=0, cpu_weight_prepack=True)
     # MetaScheduleApplyDatabase announces the database it opens, with its temporary path

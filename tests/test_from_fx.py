@@ -11,7 +11,7 @@ STYLES = {"te": d2ltvm.te_fx_maps, "op": d2ltvm.op_fx_maps}
 
 
 def run(mod, *inputs):
-    vm = relax.VirtualMachine(tvm.compile(mod, target="llvm"), tvm.cpu())
+    vm = relax.VirtualMachine(tvm.compile(mod, target=d2ltvm.host_target()), tvm.cpu())
     return vm["main"](*(tvm.runtime.tensor(x.numpy()) for x in inputs)).numpy()
 
 
@@ -116,7 +116,7 @@ def test_te_matmul_and_relu():
     B = te.placeholder((4, 5), name="B")
     C = d2ltvm.te_matmul(A, B)
     D = d2ltvm.te_relu(C)
-    f = tvm.compile(tvm.IRModule({"main": te.create_prim_func([A, B, D])}), target="llvm")["main"]
+    f = tvm.compile(tvm.IRModule({"main": te.create_prim_func([A, B, D])}), target=d2ltvm.host_target())["main"]
     rng = np.random.default_rng(0)
     a, b = rng.standard_normal((3, 4)).astype("float32"), rng.standard_normal((4, 5)).astype("float32")
     d = tvm.runtime.tensor(np.zeros((3, 5), "float32"))

@@ -42,8 +42,91 @@ def test_vector_add_rejects_bad_lengths(n):
 def test_vector_add_builds_and_matches_numpy(n):
     A, B, C = d2ltvm.vector_add(n)
     assert [t.shape[0] for t in (A, B, C)] == [n] * 3 and C.dtype == "float32"
-    add = tvm.compile(tvm.IRModule({"main": te.create_prim_func([A, B, C])}), target="llvm")["main"]
+    add = tvm.compile(tvm.IRModule({"main": te.create_prim_func([A, B, C])}), target=d2ltvm.host_target())["main"]
     a, b, c = d2ltvm.get_abc(n, tvm.runtime.tensor)
     add(a, b, c)
     np.testing.assert_allclose(c.numpy(), a.numpy() + b.numpy())
     assert np.any(c.numpy() != 0)
+
+
+SSE_ONLY = '{"kind": "llvm", "mcpu": "x86-64-v2"}'
+HOST_ARCH = d2ltvm.target_arch(tvm.target.Target.from_device(tvm.cpu()))
+
+
+def test_host_target_is_this_machine_with_its_cores(monkeypatch):
+    monkeypatch.delenv("D2LTVM_TARGET", raising=False)
+    target = d2ltvm.host_target()
+    host = tvm.target.Target.from_device(tvm.cpu())
+    assert target.attrs["mcpu"] == host.attrs["mcpu"]
+    assert int(target.attrs["num-cores"]) == d2ltvm.usable_cores() >= 1
+    assert d2ltvm.isa_class(target) in ("x86-64-avx512", "x86-64-avx2", "x86-64", "aarch64")
+
+
+@pytest.mark.skipif(HOST_ARCH != "x86_64", reason="the override names an x86-64 CPU")
+def test_d2ltvm_target_overrides_the_host(monkeypatch):
+    monkeypatch.setenv("D2LTVM_TARGET", SSE_ONLY)
+    target = d2ltvm.host_target()
+    assert target.attrs["mcpu"] == "x86-64-v2" and d2ltvm.isa_class(target) == "x86-64"
+    assert int(target.attrs["num-cores"]) == d2ltvm.usable_cores()
+    monkeypatch.setenv("D2LTVM_TARGET", '{"kind": "llvm", "mcpu": "x86-64-v2", "num-cores": 3}')
+    assert int(d2ltvm.host_target().attrs["num-cores"]) == 3
+
+
+@pytest.mark.parametrize("spec, message", [
+    ("x86-64-v2", "D2LTVM_TARGET is not JSON"),
+    ('{"kind": "cuda"}', '"kind": "llvm"'),
+    ('["llvm"]', '"kind": "llvm"'),
+    ('{"kind": "llvm", "mcpu": "no-such-cpu"}', "mcpu 'no-such-cpu'"),
+])
+def test_bad_d2ltvm_target_is_a_clear_error(monkeypatch, spec, message):
+    monkeypatch.setenv("D2LTVM_TARGET", spec)
+    with pytest.raises(ValueError, match=message):
+        d2ltvm.host_target()
+
+
+def test_a_target_this_cpu_cannot_run_is_refused_unless_cross_compiling(monkeypatch):
+    other = "aarch64" if HOST_ARCH == "x86_64" else "x86_64"
+    spec = ('{"kind": "llvm", "mtriple": "aarch64-linux-gnu", "mcpu": "apple-m1"}'
+            if other == "aarch64" else '{"kind": "llvm", "mtriple": "x86_64-linux-gnu"}')
+    monkeypatch.setenv("D2LTVM_TARGET", spec)
+    with pytest.raises(RuntimeError, match=f"compiles for {other}.*cannot run here"):
+        d2ltvm.host_target()
+    assert d2ltvm.target_arch(d2ltvm.host_target(runnable=False)) == other
+
+
+@pytest.mark.skipif(HOST_ARCH != "x86_64", reason="compares x86-64 instruction sets")
+def test_a_wider_instruction_set_than_this_cpu_is_refused():
+    host = d2ltvm.isa_class(tvm.target.Target.from_device(tvm.cpu()))
+    if host == "x86-64-avx512":
+        pytest.skip("this CPU has AVX-512: no x86-64 target has more to refuse")
+    with pytest.raises(RuntimeError, match="avx512f.*D2LTVM_TARGET"):
+        d2ltvm.check_target_runs_here(tvm.target.Target({"kind": "llvm", "mcpu": "znver4"}))
+
+
+@pytest.mark.parametrize("spec, expected", [
+    ({"kind": "llvm", "mcpu": "x86-64-v2"}, "x86-64"),
+    ({"kind": "llvm", "mcpu": "haswell"}, "x86-64-avx2"),
+    ({"kind": "llvm", "mcpu": "znver3"}, "x86-64-avx2"),
+    ({"kind": "llvm", "mcpu": "znver4"}, "x86-64-avx512"),
+    ({"kind": "llvm", "mcpu": "skylake-avx512"}, "x86-64-avx512"),
+    ({"kind": "llvm", "mtriple": "aarch64-linux-gnu", "mcpu": "neoverse-n1"}, "aarch64"),
+    ({"kind": "llvm", "mtriple": "arm64-apple-macos", "mcpu": "apple-m1"}, "aarch64"),
+])
+def test_isa_classes(spec, expected):
+    assert d2ltvm.isa_class(tvm.target.Target(spec)) == expected
+
+
+def test_usable_cores_without_affinity_masks(monkeypatch):
+    import os
+    monkeypatch.delattr(os, "sched_getaffinity", raising=False)  # as on macOS and Windows
+    monkeypatch.setattr(os, "cpu_count", lambda: 6)
+    assert d2ltvm.usable_cores() == 6
+    monkeypatch.setattr(os, "cpu_count", lambda: None)
+    assert d2ltvm.usable_cores() == 1
+
+
+def test_machine_facts_name_what_the_results_depend_on():
+    facts = d2ltvm.machine_facts()
+    assert set(facts) == {"cpu", "isa", "vector bits", "cores", "target"}
+    assert facts["cpu"] and facts["cores"] == d2ltvm.usable_cores()
+    assert facts["vector bits"] in (128, 256, 512)

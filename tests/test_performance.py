@@ -8,10 +8,24 @@ import pytest
 import d2ltvm
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
-RESNET_DB = ROOT / "data" / "tuning" / "resnet18_znver4"
-MLP_DB = ROOT / "data" / "tuning" / "mlp_znver4"
-CNN_DB = ROOT / "data" / "tuning" / "cnn_znver4"
+RESNET_DB = ROOT / "data" / "tuning" / "resnet18_x86-64-avx512"
+MLP_DB = ROOT / "data" / "tuning" / "mlp_x86-64-avx512"
+CNN_DB = ROOT / "data" / "tuning" / "cnn_x86-64-avx512"
 TOLERANCE = dict(rtol=1e-4, atol=1e-4)  # float32 sums in another order; a wrong kernel is far off
+SSE_ONLY = {"kind": "llvm", "mcpu": "x86-64-v2", "num-cores": 2}
+needs_onednn = pytest.mark.skipif(
+    not __import__("torch").backends.mkldnn.is_available(),
+    reason="this PyTorch has no oneDNN (e.g. macOS arm64): the oneDNN dispatch route is skipped")
+
+
+def tuned_build(w, model):
+    """Compile workload W with the shipped database of this machine's class, or else (correctness
+    only: the schedules are valid on any CPU, just not fast) with the AVX-512 one."""
+    folder = d2ltvm.shipped_tuning_database(model)
+    if folder is not None:
+        return d2ltvm.compile_tuned(w["mod"], w["weights"], folder, model=model)
+    avx512 = ROOT / "data" / "tuning" / f"{model}_x86-64-avx512"
+    return d2ltvm.compile_tuned(w["mod"], w["weights"], avx512, model=model, any_class=True)
 
 
 @pytest.fixture(scope="module")
@@ -32,12 +46,14 @@ def mlps():
 
 
 def test_shipped_database_covers_every_resnet18_task(resnet):
-    assert d2ltvm.missing_tuning_records(resnet["mod"], RESNET_DB) == []
+    target = d2ltvm.database_target(RESNET_DB)
+    assert d2ltvm.missing_tuning_records(resnet["mod"], RESNET_DB, target) == []
 
 
 def test_shipped_database_covers_every_mlp_task(mlps):
     for w in mlps:
-        assert d2ltvm.missing_tuning_records(w["mod"], MLP_DB, model="mlp") == [], w["label"]
+        target = d2ltvm.database_target(MLP_DB)
+        assert d2ltvm.missing_tuning_records(w["mod"], MLP_DB, target, model="mlp") == [], w["label"]
 
 
 @pytest.fixture(scope="module")
@@ -47,7 +63,8 @@ def cnns():
 
 def test_shipped_database_covers_every_cnn_task(cnns):
     for w in cnns:
-        assert d2ltvm.missing_tuning_records(w["mod"], CNN_DB, model="cnn") == [], w["label"]
+        target = d2ltvm.database_target(CNN_DB)
+        assert d2ltvm.missing_tuning_records(w["mod"], CNN_DB, target, model="cnn") == [], w["label"]
 
 
 def test_cnn_twin_matches_keras():
@@ -61,7 +78,7 @@ def test_cnn_twin_matches_keras():
                                rtol=1e-5, atol=1e-6)
 
 
-def assert_variants_match_torch(workloads, dispatched_op, database, model, untuned=False):
+def assert_variants_match_torch(workloads, dispatched_op, model, untuned=False):
     """Dispatched and tuned (and optionally untuned) builds of each workload equal its PyTorch model."""
     import torch
     for w in workloads:
@@ -71,20 +88,21 @@ def assert_variants_match_torch(workloads, dispatched_op, database, model, untun
         assert d2ltvm.count_relax_ops(dispatched, dispatched_op) == 0
         builds = [d2ltvm.compile_relax(w["mod"], w["weights"])] if untuned else []
         builds += [d2ltvm.compile_relax(dispatched, w["weights"]),
-                   d2ltvm.compile_tuned(w["mod"], w["weights"], database, model=model)]
+                   tuned_build(w, model)]
         for compiled in builds:
             np.testing.assert_allclose(compiled(w["input"].numpy()), expected, **TOLERANCE)
 
 
 def test_cnn_variants_match_torch(cnns):
-    assert_variants_match_torch(cnns, "relax.nn.conv2d", CNN_DB, "cnn")
+    assert_variants_match_torch(cnns, "relax.nn.conv2d", "cnn")
 
 
+@needs_onednn
 def test_cnn_dispatched_to_onednn_matches_torch(cnns):
     import torch
     for w in cnns:
         compiled = d2ltvm.compile_relax(d2ltvm.dispatch_to_onednn(w["mod"]), w["weights"],
-                                        target=d2ltvm.tuning_target(), pipeline=d2ltvm.dispatch_pipeline())
+                                        pipeline=d2ltvm.dispatch_pipeline())
         assert sum(isinstance(p, d2ltvm.PackedConv2dWeight) for p in compiled.weights) == 2
         with torch.no_grad():
             expected = w["model"](w["input"]).numpy()
@@ -95,7 +113,11 @@ def test_cnn_dispatched_to_onednn_matches_torch(cnns):
 def test_database_records_its_target_and_progress(database):
     import json
     info = json.loads((database / "tuning_info.json").read_text())
-    assert info["target"] == str(d2ltvm.tuning_target())
+    # the folder is named after the class of the target it was tuned for, and its records agree
+    assert database.name == f"{info['model']}_{info['isa_class']}"
+    assert d2ltvm.isa_class(d2ltvm.database_target(database)) == info["isa_class"]
+    records = d2ltvm.open_tuning_database(database, model=info["model"])
+    assert d2ltvm.record_isa_classes(records) == {info["isa_class"]}
     assert info["total_trials"] > 0 and info["workloads"] > 0
     assert info["total_trials"] == sum(run["trials"] for run in info["runs"])
     trials, latency = zip(*info["progress"])
@@ -108,7 +130,7 @@ def test_tuning_progress_of_a_compact_database(mlps):
     """The compact database holds one best record per task, so the progress is one point: their weighted sum."""
     from tvm.s_tir import meta_schedule as ms
     import tune_resnet18
-    target = d2ltvm.tuning_target()
+    target = d2ltvm.database_target(MLP_DB)
     tasks = [t for w in mlps
              for t in ms.relax_integration.extract_tasks(d2ltvm.prepare_for_tuning(w["mod"], target), target)]
     database = d2ltvm.open_tuning_database(MLP_DB, model="mlp")
@@ -155,14 +177,22 @@ def test_benchmark_script_prints_one_ratio_line_per_workload_and_method():
     import subprocess
     import sys
     # (the MLP has no convolution, so it gets no tvm-dispatch-prepacked line)
-    out = subprocess.run([sys.executable, str(ROOT / "tools" / "benchmark.py"), "--models", "mlp", "cnn",
-                          "--methods", "tvm-dispatch", "tvm-dispatch-prepacked", "tvm-tuned",
-                          "--repeats", "3", "--rounds", "1"],
-                         capture_output=True, text=True, check=True).stdout
-    lines = [line for line in out.splitlines() if "/torch " in line]
-    assert [line.rsplit(" ", 1)[0] for line in lines] == [
-        f"mlp batch{b} tvm-{m}/torch" for b in (1, 64) for m in ("dispatch", "tuned")] + [
-        f"cnn batch{b} tvm-{m}/torch" for b in (1, 64) for m in ("dispatch", "dispatch-prepacked", "tuned")]
+    import torch
+    result = subprocess.run([sys.executable, str(ROOT / "tools" / "benchmark.py"), "--models", "mlp",
+                             "cnn", "--methods", "tvm-dispatch", "tvm-dispatch-prepacked", "tvm-tuned",
+                             "--repeats", "3", "--rounds", "1"],
+                            capture_output=True, text=True, check=True)
+    lines = [line for line in result.stdout.splitlines() if "/torch " in line]
+    # tvm-tuned where a database fits this machine's class, prepacked where PyTorch has oneDNN
+    tuned = {m: d2ltvm.shipped_tuning_database(m) is not None for m in ("mlp", "cnn")}
+    onednn = torch.backends.mkldnn.is_available()
+    expected = [f"{model} batch{b} tvm-{m}/torch" for model in ("mlp", "cnn") for b in (1, 64)
+                for m in ("dispatch", "dispatch-prepacked", "tuned")
+                if (m != "tuned" or tuned[model]) and (m != "dispatch-prepacked" or
+                                                       (model == "cnn" and onednn))]
+    assert [line.rsplit(" ", 1)[0] for line in lines] == expected
+    for model in ("mlp", "cnn"):
+        assert tuned[model] or f"no shipped {model} database" in result.stderr
     assert all(re.fullmatch(r"\d+\.\d\d", line.rsplit(" ", 1)[1]) for line in lines)
 
 
@@ -173,12 +203,41 @@ def test_set_tvm_threads_rejects_zero():
 
 def test_missing_records_are_reported(resnet):
     # a database holding only the MLP's tasks misses every ResNet-18 task
-    missing = d2ltvm.missing_tuning_records(resnet["mod"], MLP_DB)
+    missing = d2ltvm.missing_tuning_records(resnet["mod"], MLP_DB, d2ltvm.database_target(MLP_DB))
     assert len(missing) > 10 and any("conv2d" in name for name in missing)
 
 
+def test_records_of_another_class_count_as_missing(resnet):
+    import tvm
+    tasks = d2ltvm.missing_tuning_records(resnet["mod"], RESNET_DB, tvm.target.Target(SSE_ONLY))
+    assert len(tasks) == 20  # every task has an AVX-512 record, none fits an SSE-only CPU
+
+
+def test_compile_tuned_refuses_another_class_clearly(resnet):
+    import tvm
+    with pytest.raises(ValueError) as info:
+        d2ltvm.compile_tuned(resnet["mod"], resnet["weights"], RESNET_DB,
+                             target=tvm.target.Target(SSE_ONLY))
+    message = str(info.value)
+    assert "tuned for x86-64-avx512" in message and "target is x86-64 (x86-64-v2)" in message
+    assert "tools/tune_resnet18.py --model resnet18" in message
+
+
+@pytest.mark.parametrize("spec, expected", [
+    (SSE_ONLY, None),
+    ({"kind": "llvm", "mcpu": "znver4"}, "x86-64-avx512"),
+    ({"kind": "llvm", "mcpu": "sapphirerapids"}, "x86-64-avx512"),
+    ({"kind": "llvm", "mtriple": "aarch64-linux-gnu", "mcpu": "apple-m1"}, None),
+])
+def test_shipped_database_is_chosen_by_class(spec, expected):
+    import tvm
+    for model in ("resnet18", "mlp", "cnn"):
+        folder = d2ltvm.shipped_tuning_database(model, tvm.target.Target(spec))
+        assert (folder and folder.name) == (expected and f"{model}_{expected}")
+
+
 def test_tuned_resnet18_matches_torch(resnet, resnet_reference):
-    compiled = d2ltvm.compile_tuned(resnet["mod"], resnet["weights"], RESNET_DB)
+    compiled = tuned_build(resnet, "resnet18")
     assert "main_transform_params" in d2ltvm.list_vm_functions(compiled.vm)  # weights were prepacked
     np.testing.assert_allclose(compiled(resnet["input"].numpy()), resnet_reference, **TOLERANCE)
 
@@ -189,11 +248,11 @@ def test_dispatched_resnet18_matches_torch(resnet, resnet_reference):
     assert d2ltvm.count_relax_ops(dispatched, "relax.nn.conv2d") == 0
     assert "R.nn.conv2d" not in dispatched.script()
     assert dispatched.script().count("d2ltvm.torch_conv2d.") == 20
-    compiled = d2ltvm.compile_relax(dispatched, resnet["weights"], target=d2ltvm.tuning_target(),
-                                    pipeline=d2ltvm.dispatch_pipeline())
+    compiled = d2ltvm.compile_relax(dispatched, resnet["weights"], pipeline=d2ltvm.dispatch_pipeline())
     np.testing.assert_allclose(compiled(resnet["input"].numpy()), resnet_reference, **TOLERANCE)
 
 
+@needs_onednn
 def test_onednn_dispatch_packs_each_resnet18_weight_once(resnet, resnet_reference, monkeypatch):
     # the packing must sit in main_transform_params (run once by CompiledModel), never in main
     packs = []
@@ -206,8 +265,7 @@ def test_onednn_dispatch_packs_each_resnet18_weight_once(resnet, resnet_referenc
     monkeypatch.setattr(d2ltvm, "PackedConv2dWeight", CountedPackedConv2dWeight)
     dispatched = d2ltvm.dispatch_to_onednn(resnet["mod"])
     assert d2ltvm.count_relax_ops(dispatched, "relax.nn.conv2d") == 0
-    compiled = d2ltvm.compile_relax(dispatched, resnet["weights"], target=d2ltvm.tuning_target(),
-                                    pipeline=d2ltvm.dispatch_pipeline())
+    compiled = d2ltvm.compile_relax(dispatched, resnet["weights"], pipeline=d2ltvm.dispatch_pipeline())
     assert len(packs) == 20
     assert sum(isinstance(p, d2ltvm.PackedConv2dWeight) for p in compiled.weights) == 20
     for _ in range(2):
@@ -215,6 +273,7 @@ def test_onednn_dispatch_packs_each_resnet18_weight_once(resnet, resnet_referenc
     assert len(packs) == 20  # running the model packed nothing more
 
 
+@needs_onednn
 def test_onednn_dispatch_forwards_stride_dilation_groups_and_batch():
     # every attribute the packed kernels receive changes the result: a wrong one fails the comparison
     import torch
@@ -236,6 +295,7 @@ def test_onednn_dispatch_forwards_stride_dilation_groups_and_batch():
     np.testing.assert_allclose(compiled(x.numpy()), expected, **TOLERANCE)
 
 
+@needs_onednn
 def test_onednn_dispatch_keeps_asymmetric_padding_and_unknown_shapes_in_tvm():
     import tvm
     from tvm import relax
@@ -281,7 +341,7 @@ def test_fold_batchnorm_rejects_training_mode():
 
 
 def test_mlp_variants_match_torch(mlps):
-    assert_variants_match_torch(mlps, "relax.matmul", MLP_DB, "mlp", untuned=True)
+    assert_variants_match_torch(mlps, "relax.matmul", "mlp", untuned=True)
 
 
 def test_dispatch_keeps_asymmetric_padding_in_tvm():
@@ -328,7 +388,7 @@ def test_vectorize_elementwise_rule_vectorizes_glue_and_declines_reductions():
             y = bb.emit(relax.op.nn.relu(relax.op.add(x, x)))
             out = bb.emit_output(relax.op.nn.max_pool2d(y, pool_size=(2, 2), strides=(2, 2)))
         bb.emit_func_output(out)
-    with d2ltvm.tuning_target():
+    with d2ltvm.host_target():
         fused = relax.pipeline.zero_pipeline()(bb.get())
         before = {gv.name_hint: f.script() for gv, f in fused.functions.items()}
         scheduled = dl.ApplyDefaultSchedule(d2ltvm.vectorize_elementwise_rule())(fused)

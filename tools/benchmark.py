@@ -1,6 +1,6 @@
 """Benchmark the book's workloads: PyTorch eager against TVM, in one process, same inputs.
 
-Usage (from the repository root, with the book's databases in data/tuning/):
+Usage (from the repository root):
 
     python tools/benchmark.py                  # ResNet-18 batch 1, the MLP and the Keras CNN at batch 1 and 64
     python tools/benchmark.py --torch-compile  # add torch.compile (its first call compiles, up to a minute)
@@ -10,6 +10,10 @@ Prints one line per workload and method with its time relative to PyTorch eager,
 `resnet18 batch1 tvm-tuned/torch 0.83` (below 1: faster than PyTorch). The ratios are medians of
 many calls after warm-up; on a busy machine, run it twice. TVM runs with as many threads as
 PyTorch (--tvm-threads changes that, to show what the thread count is worth).
+
+Everything is compiled for d2ltvm.host_target() (this machine, or $D2LTVM_TARGET). tvm-tuned uses
+the database in data/tuning/ made for this machine's class of CPU (d2ltvm.isa_class); where the
+book ships none, that method is left out with a notice on stderr naming the command that tunes one.
 """
 import argparse
 import pathlib
@@ -33,8 +37,6 @@ def main():
     parser.add_argument("--repeats", type=int, default=25, help="timed samples per method and round")
     parser.add_argument("--rounds", type=int, default=5,
                         help="interleaved rounds over all methods; the ratio is the median over rounds")
-    parser.add_argument("--mcpu", default="znver4", help="CPU the database was tuned for (data/tuning/<model>_<mcpu>)")
-    parser.add_argument("--num-cores", type=int, default=2)
     args = parser.parse_args()
     warnings.filterwarnings("ignore", category=FutureWarning)
 
@@ -43,14 +45,21 @@ def main():
     import d2ltvm
 
     d2ltvm.set_tvm_threads(args.tvm_threads or torch.get_num_threads())
-    target = d2ltvm.tuning_target(args.mcpu, args.num_cores)
+    has_onednn = torch.backends.mkldnn.is_available()
+    if not has_onednn and "tvm-dispatch-prepacked" in args.methods:
+        print("notice: this PyTorch has no oneDNN: tvm-dispatch-prepacked left out", file=sys.stderr)
+    target = d2ltvm.host_target()
     for name in args.models:
-        database_dir = ROOT / "data" / "tuning" / f"{name}_{args.mcpu}"
+        database_dir = d2ltvm.shipped_tuning_database(name, target)
+        if database_dir is None and "tvm-tuned" in args.methods:
+            print(f"notice: no shipped {name} database for {d2ltvm.isa_class(target)}: tvm-tuned "
+                  f"left out; tune one with `{d2ltvm.TUNE_COMMAND.format(model=name)}`",
+                  file=sys.stderr, flush=True)
         for w in d2ltvm.performance_workloads(name):
             model, x = w["model"], w["input"]
             x_tvm = tvm.runtime.tensor(x.numpy())
             builders = {
-                "tvm-untuned": lambda: d2ltvm.compile_relax(w["mod"], w["weights"]),
+                "tvm-untuned": lambda: d2ltvm.compile_relax(w["mod"], w["weights"], target),
                 "tvm-dispatch": lambda: d2ltvm.compile_relax(d2ltvm.dispatch_to_torch(w["mod"]), w["weights"],
                                                              target=target, pipeline=d2ltvm.dispatch_pipeline()),
                 "tvm-dispatch-bnfold": lambda: d2ltvm.compile_relax(
@@ -62,7 +71,8 @@ def main():
                 "tvm-tuned": lambda: d2ltvm.compile_tuned(w["mod"], w["weights"], database_dir, target, name),
             }
             methods = [m for m in args.methods if (m != "tvm-dispatch-bnfold" or name == "resnet18")
-                       and (m != "tvm-dispatch-prepacked" or name != "mlp")]
+                       and (m != "tvm-dispatch-prepacked" or (name != "mlp" and has_onednn))
+                       and (m != "tvm-tuned" or database_dir is not None)]
             if "tvm-dispatch-bnfold" in methods:
                 folded = d2ltvm.torch_to_relax(d2ltvm.fold_batchnorm(model), x)
             variants = {m: builders[m]() for m in methods}

@@ -12,13 +12,14 @@ which keeps every measured candidate. Running the command again with the same wo
 RESUMES: the search starts from the best schedules already measured and adds new records, so the
 database grows across runs; stop it at any time (Ctrl-C) and run it with --trials 0 to ship what
 it has. After tuning, the best record of every workload is copied, gzipped, into
-data/tuning/<model>_<mcpu>/ (about 200 KB), together with tuning_info.json (target, trials, tuning
-time, date, TVM version, accumulated over runs, and the tuning progress: the model latency the
-search had measured after every 50 trials).
+data/tuning/<model>_<class>/ (about 200 KB; <class> is the target's instruction-set class,
+d2ltvm.isa_class: x86-64-avx512, x86-64-avx2, x86-64 or aarch64), together with tuning_info.json
+(target, class, trials, tuning time, date, TVM version, accumulated over runs, and the tuning
+progress: the model latency the search had measured after every 50 trials).
 
-The database is tied to the target it was measured on: --mcpu (default: this machine's CPU, as
-LLVM names it; the book ships znver4, AMD Zen 4) and --num-cores (default: the cores this process
-may use). Candidates are measured with that many TVM threads (TVM_NUM_THREADS), the number the
+The database is tied to the target it was measured on: d2ltvm.host_target() (this machine's CPU
+and the cores this process may use, or $D2LTVM_TARGET), with --mcpu and --num-cores to change
+them; the chapter applies a database only to targets of the same class. Candidates are measured with that many TVM threads (TVM_NUM_THREADS), the number the
 chapter chapters/performance/performance.ipynb runs the models with; it explains how to apply the
 result. Tuning depends on shapes, not on weight values: ResNet-18 uses torchvision's architecture
 with seeded random weights when the pretrained ones cannot be downloaded.
@@ -99,24 +100,29 @@ def main():
                         help="trials for each workload (batch size) in this run (0: only compact)")
     parser.add_argument("--trials-per-iter", type=int, default=16)
     parser.add_argument("--mcpu", default=None, help="LLVM CPU name (default: this machine's)")
-    parser.add_argument("--num-cores", type=int, default=len(os.sched_getaffinity(0)))
+    parser.add_argument("--num-cores", type=int, default=None,
+                        help="cores to plan and measure for (default: those this process may use)")
     parser.add_argument("--work-dir", default=None, help="full database (default: d2ltvm.cache_dir()/tuning/<model>_<mcpu>)")
-    parser.add_argument("--out", default=None, help="compact database (default data/tuning/<model>_<mcpu>)")
+    parser.add_argument("--out", default=None, help="compact database (default data/tuning/<model>_<class>)")
     parser.add_argument("--note-run", nargs=2, type=int, metavar=("TRIALS", "SECONDS"),
                         help="with --trials 0: record in tuning_info.json a run whose final step did not finish")
     args = parser.parse_args()
-    # TVM's thread pool uses half the logical CPUs on x86 (it assumes hyper-threading). The runner
-    # that measures candidates inherits this variable: measure with the threads the model will use.
-    os.environ["TVM_NUM_THREADS"] = str(args.num_cores)
-
     import tvm
     import d2ltvm
     from tvm.s_tir import meta_schedule as ms
 
-    args.mcpu = args.mcpu or tvm.target.codegen.llvm_get_system_cpu()
-    target = d2ltvm.tuning_target(args.mcpu, args.num_cores)
-    work_dir = pathlib.Path(args.work_dir or d2ltvm.cache_dir() / "tuning" / f"{args.model}_{args.mcpu}")
-    out = pathlib.Path(args.out or ROOT / "data" / "tuning" / f"{args.model}_{args.mcpu}")
+    config = {k: v for k, v in d2ltvm.host_target().export().items() if k not in ("tag", "keys")}
+    config["num-cores"] = args.num_cores or config["num-cores"]
+    if args.mcpu:
+        config["mcpu"] = args.mcpu
+    target = d2ltvm.check_target_runs_here(tvm.target.Target(config))  # it measures on this CPU
+    # TVM's thread pool uses half the logical CPUs on x86 (it assumes hyper-threading). The runner
+    # that measures candidates inherits this variable: measure with the threads the model will use.
+    os.environ["TVM_NUM_THREADS"] = str(config["num-cores"])
+    mcpu, isa = config.get("mcpu", "generic"), d2ltvm.isa_class(target)
+    work_dir = pathlib.Path(args.work_dir or d2ltvm.cache_dir() / "tuning" / f"{args.model}_{mcpu}")
+    out = pathlib.Path(args.out or ROOT / "data" / "tuning" / f"{args.model}_{isa}")
+    print(f"tuning {args.model} for {target} (class {isa})", flush=True)
     work_dir.mkdir(parents=True, exist_ok=True)
 
     def measured():  # records in the work directory: one per measured candidate
@@ -140,8 +146,8 @@ def main():
     n = d2ltvm.compact_tuning_database(work_dir, out)
     info_path = out / "tuning_info.json"
     info = json.loads(info_path.read_text()) if info_path.exists() else {"runs": []}
-    info.update({"model": args.model, "target": str(target), "tvm_version": tvm.__version__,
-                 "workloads": n})
+    info.update({"model": args.model, "target": str(target), "isa_class": isa,
+                 "tvm_version": tvm.__version__, "workloads": n})
     if args.trials > 0:
         # --trials is spent on each workload (batch size) in turn; the search may overshoot it a little
         info["runs"].append({"date": datetime.date.today().isoformat(),
