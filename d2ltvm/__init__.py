@@ -256,19 +256,40 @@ def import_torchvision():
         import torchvision
     return torchvision
 
+# ----------------------------------------------------------------------
+# Defined in chapters/compiling_models/resnet18.ipynb
+import platform
+
+
+class MXNetUnavailable(ImportError):
+    """MXNet cannot be imported on this machine; the message says why."""
+
 
 def import_mxnet():
-    """Import and return mxnet 1.9.1, first restoring the alias numpy.bool that it uses and numpy 1.24 removed."""
+    """Import and return mxnet 1.9.1 (restoring numpy.bool first); else raise MXNetUnavailable."""
+    import importlib.util
     import numpy
+    where = f"{platform.system()} {platform.machine()}"
+    if importlib.util.find_spec("mxnet") is None:
+        how = ("`pip install mxnet==1.9.1` adds it" if platform.system() == "Linux"
+               else "the book's requirements.txt therefore leaves it out here")
+        raise MXNetUnavailable(
+            f"MXNet is not installed on this machine ({where}). Its last release, 1.9.1, has "
+            f"wheels for Linux (x86-64 and aarch64) only; {how}")
     if "bool" not in numpy.__dict__:
         numpy.bool = bool  # exactly what numpy.bool was before numpy 1.24
     torch = sys.modules.get("torch")
     threads = torch.get_num_threads() if torch is not None else None
-    with warnings.catch_warnings():  # MXNet's own uses of APIs that numpy and distutils deprecated
-        warnings.simplefilter("ignore", DeprecationWarning)
-        import mxnet
-    if threads is not None:
-        torch.set_num_threads(threads)  # importing mxnet sets the shared OpenMP thread count to 1
+    try:
+        with warnings.catch_warnings():  # MXNet's own uses of APIs numpy and distutils deprecated
+            warnings.simplefilter("ignore", DeprecationWarning)
+            import mxnet
+    except (ImportError, OSError) as err:  # e.g. its native library fails to load
+        raise MXNetUnavailable(f"MXNet is installed but does not import on this machine "
+                               f"({where}): {type(err).__name__}: {err}") from err
+    finally:
+        if threads is not None:
+            torch.set_num_threads(threads)  # importing mxnet sets the OpenMP thread count to 1
     return mxnet
 
 # ----------------------------------------------------------------------
@@ -474,41 +495,91 @@ def main_argument_names(executable_or_module):
     arity = vm.module["get_function_arity"]("main")
     return [vm.module["get_function_param_name"]("main", i) for i in range(arity)]
 
+# ----------------------------------------------------------------------
+# Defined in chapters/compiling_models/resnet18.ipynb
+import json
 
+
+class CompiledModelError(ValueError):
+    """The files of an exported model are damaged, incomplete or do not belong together."""
+
+
+def write_model_manifest(folder, name, paths):
+    """Record the size and SHA-256 of each of `paths` in folder/name.manifest.json."""
+    files = {path.name: {"bytes": path.stat().st_size, "sha256": file_hash(path)}
+             for path in map(pathlib.Path, paths)}
+    manifest = pathlib.Path(folder) / f"{name}.manifest.json"
+    manifest.write_text(json.dumps({"files": files}, indent=1, sort_keys=True) + "\n")
+    return manifest
+
+
+def verify_model_files(folder, name, filenames):
+    """Check files against folder/name.manifest.json; raise CompiledModelError if one differs."""
+    folder = pathlib.Path(folder)
+    manifest = folder / f"{name}.manifest.json"
+    if not manifest.exists():
+        raise CompiledModelError(f"{manifest} is missing, so the files of {name!r} cannot be "
+                                 "checked before loading: export the model again")
+    try:
+        files = json.loads(manifest.read_text())["files"]
+        records = {f: (int(files[f]["bytes"]), str(files[f]["sha256"])) for f in filenames}
+    except (ValueError, KeyError, TypeError) as err:
+        raise CompiledModelError(f"{manifest} is damaged or does not describe "
+                                 f"{', '.join(filenames)} ({type(err).__name__}: {err})") from None
+    for filename, (size, sha256) in records.items():
+        path = folder / filename
+        if not path.exists():
+            raise CompiledModelError(f"{path} is missing")
+        actual = path.stat().st_size
+        if actual != size:
+            what = "truncated" if actual < size else "longer than written"
+            raise CompiledModelError(f"{path} is {what}: it has {actual:,} bytes, the "
+                                     f"manifest records {size:,} bytes (size mismatch)")
+        if file_hash(path) != sha256:
+            raise CompiledModelError(f"{path} is damaged: its SHA-256 differs from the one the "
+                                     "manifest records (checksum mismatch)")
+
+# ----------------------------------------------------------------------
+# Defined in chapters/compiling_models/resnet18.ipynb
 def export_compiled_model(executable, weights, folder, name="model"):
-    """Write name.so (kernels, VM bytecode) and name.params (weights, by argument name) into folder; return both paths."""
+    """Write name.so (kernels, VM code), name.params (weights), name.manifest.json; return paths."""
     import tvm
     folder = pathlib.Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     weights = list(weights)
     names = main_argument_names(executable)
     if len(weights) >= len(names):
-        raise ValueError(f"main takes {len(names)} arguments, so it cannot take {len(weights)} weights "
-                         "after at least one input")
+        raise ValueError(f"main takes {len(names)} arguments, so it cannot take {len(weights)} "
+                         "weights after at least one input")
     library, params = folder / f"{name}.so", folder / f"{name}.params"
+    (folder / f"{name}.manifest.json").unlink(missing_ok=True)  # stale until rewritten below
     with hide_tvm_scope_logs():
         executable.export_library(str(library))
     tvm.runtime.save_param_dict_to_file(dict(zip(names[-len(weights):], weights)), str(params))
+    write_model_manifest(folder, name, [library, params])
     return library, params
 
 
 def load_compiled_model(folder, name="model", device=None):
-    """Return (vm, weights) from the files of export_compiled_model: call vm["main"](*inputs, *weights)."""
+    """Check and load the files of export_compiled_model; return (vm, weights) for vm["main"]."""
     import tvm
     from tvm import relax
     folder = pathlib.Path(folder)
     library, params = folder / f"{name}.so", folder / f"{name}.params"
     for path in (library, params):
         if not path.exists():
-            raise FileNotFoundError(f"{path} does not exist: write it with export_compiled_model(..., name={name!r})")
+            raise FileNotFoundError(f"{path} does not exist: write it with "
+                                    f"export_compiled_model(..., name={name!r})")
+    verify_model_files(folder, name, [library.name, params.name])  # before dlopen sees the library
     with hide_tvm_scope_logs():
         module = tvm.runtime.load_module(str(library))
     names = main_argument_names(module)
     saved = dict(tvm.runtime.load_param_dict_from_file(str(params)))
     first = len(names) - len(saved)
     if first < 1 or sorted(names[first:]) != sorted(saved):
-        raise ValueError(f"{params.name} holds weights named {sorted(saved)[:3]}..., but main's arguments "
-                         f"are {names[:3]}...: the two files do not belong together")
+        raise CompiledModelError(f"{params.name} holds weights named {sorted(saved)[:3]}..., but "
+                                 f"main's arguments are {names[:3]}...: the files do not belong "
+                                 "together")
     vm = relax.VirtualMachine(module, device or tvm.cpu())
     return vm, [saved[n] for n in names[first:]]
 

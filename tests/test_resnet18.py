@@ -1,11 +1,16 @@
 """Unit tests of the helpers of chapters/compiling_models/resnet18.ipynb (offline, fast)."""
 import hashlib
+import io
 import json
 import os
 import pathlib
+import platform
+import re
+import shutil
 import subprocess
 import sys
 import warnings
+from contextlib import redirect_stdout
 
 import numpy as np
 import pytest
@@ -21,18 +26,110 @@ def photo():
     return d2ltvm.load_sample_image()
 
 
+@pytest.fixture
+def mx():
+    """MXNet, or a skip saying why it is unavailable (it has wheels for Linux only)."""
+    try:
+        return d2ltvm.import_mxnet()
+    except d2ltvm.MXNetUnavailable as err:
+        pytest.skip(f"MXNet unavailable: {err}")
+
+
 # ---------------------------------------------------------------------------------------------
 # imports, labels, sample image
 
-def test_import_helpers_give_working_packages():
+def test_import_torchvision_gives_a_working_package():
     torchvision = d2ltvm.import_torchvision()
     assert torchvision.models.resnet18 is not None
+    assert d2ltvm.import_torchvision() is torchvision  # idempotent
+
+
+def test_import_mxnet_gives_a_working_package(mx):
     import torch
     threads = torch.get_num_threads()
-    mx = d2ltvm.import_mxnet()
+    assert d2ltvm.import_mxnet() is mx
     assert mx.nd.ones((2,)).asnumpy().tolist() == [1.0, 1.0]
     assert torch.get_num_threads() == threads, "importing mxnet must not change PyTorch's threads"
-    assert d2ltvm.import_torchvision() is torchvision  # idempotent
+
+
+# ---------------------------------------------------------------------------------------------
+# without MXNet (macOS, Windows, or a Linux machine without it): simulated here
+
+@pytest.fixture
+def no_mxnet(monkeypatch):
+    """Make `import mxnet` fail as it does where mxnet is not installed."""
+    monkeypatch.setitem(sys.modules, "mxnet", None)
+
+
+def test_import_mxnet_says_why_mxnet_is_missing(no_mxnet):
+    with pytest.raises(d2ltvm.MXNetUnavailable) as info:
+        d2ltvm.import_mxnet()
+    message = str(info.value)
+    assert isinstance(info.value, ImportError)
+    assert f"not installed on this machine ({platform.system()} {platform.machine()})" in message
+    assert "wheels for Linux (x86-64 and aarch64) only" in message
+
+
+@pytest.mark.parametrize("system,advice", [("Linux", "`pip install mxnet==1.9.1` adds it"),
+                                           ("Darwin", "requirements.txt therefore leaves it out")])
+def test_import_mxnet_advice_depends_on_the_platform(no_mxnet, monkeypatch, system, advice):
+    monkeypatch.setattr(platform, "system", lambda: system)
+    pattern = re.escape(f"({system} ") + ".*" + re.escape(advice)
+    with pytest.raises(d2ltvm.MXNetUnavailable, match=pattern):
+        d2ltvm.import_mxnet()
+
+
+def test_import_mxnet_reports_a_broken_installation(tmp_path, monkeypatch):
+    """An installed mxnet whose native library does not load: a clear error, the cause chained."""
+    fake = tmp_path / "mxnet"
+    fake.mkdir()
+    (fake / "__init__.py").write_text(
+        "raise OSError('libmxnet.so: cannot open shared object file')\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    for name in [n for n in sys.modules if n == "mxnet" or n.startswith("mxnet.")]:
+        monkeypatch.delitem(sys.modules, name)
+    with pytest.raises(d2ltvm.MXNetUnavailable, match="installed but does not import") as info:
+        d2ltvm.import_mxnet()
+    assert "OSError: libmxnet.so: cannot open shared object file" in str(info.value)
+    assert isinstance(info.value.__cause__, OSError)
+
+
+def test_mxnet_weights_without_mxnet_raise_the_same_error(no_mxnet, tmp_path):
+    with pytest.raises(d2ltvm.MXNetUnavailable, match="not installed"):
+        d2ltvm.load_mxnet_resnet18_v2(folder=tmp_path)
+
+
+def chapter_cells(start, stop):
+    """Return the sources of the resnet18 chapter's code cells from the one containing `start`
+    to the last before the markdown heading `stop`."""
+    import nbformat
+    nb = nbformat.read(ROOT / "chapters" / "compiling_models" / "resnet18.ipynb", as_version=4)
+    first = next(i for i, c in enumerate(nb.cells) if start in c.source)
+    last = next(i for i, c in enumerate(nb.cells) if i > first and stop in c.source)
+    return [c.source for c in nb.cells[first:last] if c.cell_type == "code"]
+
+
+def test_chapter_skips_its_mxnet_section_with_one_notice(no_mxnet, tmp_path, monkeypatch):
+    """Run the chapter's MXNet section without MXNet: one notice, no error, workdir still made."""
+    cells = chapter_cells("except MXNetUnavailable", "## Save and reload")
+    assert len(cells) >= 5
+    notice, rest = cells[0], cells[1:]
+    marker, reason = notice.splitlines()[:2]
+    assert marker == "# NBVAL_IGNORE_OUTPUT" and reason.startswith("# (")  # the notice may differ
+    monkeypatch.setattr("tempfile.tempdir", str(tmp_path))
+    namespace = dict(vars(d2ltvm), np=np, pathlib=pathlib, x=np.zeros((1, 3, 224, 224), "float32"))
+    exec("import tempfile", namespace)
+    printed = []
+    for source in cells:
+        out = io.StringIO()
+        with redirect_stdout(out):
+            exec(compile(source, "<cell>", "exec"), namespace)
+        printed.append(out.getvalue())
+    assert namespace["mx"] is None
+    assert printed[0].startswith("notice: MXNet is not installed on this machine (")
+    assert printed[0].endswith("The rest of this section is skipped.\n")
+    assert printed[1:] == [""] * len(rest), "only the notice cell may print without MXNet"
+    assert namespace["workdir"].is_dir()  # the rest of the chapter writes the compiled model there
 
 
 def test_imagenet_labels():
@@ -233,7 +330,7 @@ def test_torch_failed_download_falls_back(tmp_path, monkeypatch, capsys):
 
 def fabricated_mxnet_params(folder, seed=5):
     """Save initialized resnet18_v2 parameters under the model-zoo name; return (sha1, net)."""
-    mx = d2ltvm.import_mxnet()
+    mx = d2ltvm.import_mxnet()  # the callers' fixture `mx` skips them where MXNet is missing
     mx.random.seed(seed)
     net = mx.gluon.model_zoo.vision.resnet18_v2()
     net.initialize(mx.init.Xavier())
@@ -245,7 +342,7 @@ def fabricated_mxnet_params(folder, seed=5):
     return sha1, net
 
 
-def test_mxnet_weights_from_a_cached_file(tmp_path, offline, capsys):
+def test_mxnet_weights_from_a_cached_file(mx, tmp_path, offline, capsys):
     sha1, reference = fabricated_mxnet_params(tmp_path)
     net, pretrained = d2ltvm.load_mxnet_resnet18_v2(folder=tmp_path, sha1=sha1)
     assert pretrained is True
@@ -257,7 +354,7 @@ def test_mxnet_weights_from_a_cached_file(tmp_path, offline, capsys):
     assert "notice" not in capsys.readouterr().out
 
 
-def test_mxnet_corrupt_file_is_an_error(tmp_path, offline):
+def test_mxnet_corrupt_file_is_an_error(mx, tmp_path, offline):
     sha1, _ = fabricated_mxnet_params(tmp_path)
     path = tmp_path / f"resnet18_v2-{sha1[:8]}.params"
     path.write_bytes(b"\0" + path.read_bytes()[1:])
@@ -265,8 +362,7 @@ def test_mxnet_corrupt_file_is_an_error(tmp_path, offline):
         d2ltvm.load_mxnet_resnet18_v2(folder=tmp_path, sha1=sha1)
 
 
-def test_mxnet_offline_without_cache_falls_back(tmp_path, offline, capsys):
-    mx = d2ltvm.import_mxnet()
+def test_mxnet_offline_without_cache_falls_back(mx, tmp_path, offline, capsys):
     net, pretrained = d2ltvm.load_mxnet_resnet18_v2(folder=tmp_path)
     assert pretrained is False
     out = capsys.readouterr().out
@@ -278,9 +374,8 @@ def test_mxnet_offline_without_cache_falls_back(tmp_path, offline, capsys):
     assert list(tmp_path.iterdir()) == []
 
 
-def test_mxnet_online_path_uses_mxnets_downloader_then_verifies(tmp_path, monkeypatch, capsys):
+def test_mxnet_online_path_uses_mxnets_downloader_then_verifies(mx, tmp_path, monkeypatch, capsys):
     """Online, a missing file is fetched by MXNet's downloader (faked here) and checked by d2ltvm.download."""
-    mx = d2ltvm.import_mxnet()
     source = tmp_path / "server"
     source.mkdir()
     sha1, _ = fabricated_mxnet_params(source)
@@ -300,8 +395,7 @@ def test_mxnet_online_path_uses_mxnets_downloader_then_verifies(tmp_path, monkey
     assert "notice" not in capsys.readouterr().out
 
 
-def test_mxnet_failed_download_falls_back(tmp_path, monkeypatch, capsys):
-    mx = d2ltvm.import_mxnet()
+def test_mxnet_failed_download_falls_back(mx, tmp_path, monkeypatch, capsys):
 
     def failing_get_model_file(name, root):
         raise OSError("network unreachable")
@@ -314,8 +408,7 @@ def test_mxnet_failed_download_falls_back(tmp_path, monkeypatch, capsys):
     assert "could not download" in out and "OSError: network unreachable" in out and "meaningless" in out
 
 
-def test_published_mxnet_checksum_matches_mxnet():
-    mx = d2ltvm.import_mxnet()
+def test_published_mxnet_checksum_matches_mxnet(mx):
     assert mx.gluon.model_zoo.model_store._model_sha1["resnet18_v2"] == d2ltvm.MXNET_RESNET18_V2_SHA1
     assert mx.gluon.model_zoo.model_store.apache_repo_url + "gluon/models/" == d2ltvm.MXNET_MODEL_ZOO
 
@@ -342,7 +435,7 @@ def compiled(tmp_path_factory):
             expected = model(torch.from_numpy(x)).numpy()
         mod = from_exported_program(exported, keep_params_as_input=True, unwrap_unit_return_tuple=True)
     mod, params = relax.frontend.detach_params(mod)
-    executable = tvm.compile(relax.get_pipeline("zero")(mod), target="llvm")
+    executable = tvm.compile(relax.get_pipeline("zero")(mod), target=d2ltvm.host_target())
     vm = relax.VirtualMachine(executable, tvm.cpu())
     logits = vm["main"](tvm.runtime.tensor(x), *params["main"]).numpy()
     np.testing.assert_allclose(logits, expected, rtol=1e-4, atol=1e-4)
@@ -352,12 +445,22 @@ def compiled(tmp_path_factory):
             "weights": params["main"], "names": [v.name for v in mod["main"].params]}
 
 
-def test_export_writes_two_files(compiled):
+def test_export_writes_three_files(compiled):
     library, params = compiled["paths"]
-    assert sorted(p.name for p in compiled["folder"].iterdir()) == ["resnet18.params", "resnet18.so"]
+    assert sorted(p.name for p in compiled["folder"].iterdir()) == [
+        "resnet18.manifest.json", "resnet18.params", "resnet18.so"]
     assert library.stat().st_size > 100_000
     assert params.stat().st_size > 11_000_000 * 4  # the weights are in .params ...
     assert library.stat().st_size < 5_000_000  # ... not in the library
+
+
+def test_manifest_records_sizes_and_checksums(compiled):
+    manifest = json.loads((compiled["folder"] / "resnet18.manifest.json").read_text())
+    assert sorted(manifest["files"]) == ["resnet18.params", "resnet18.so"]
+    for path in compiled["paths"]:
+        record = manifest["files"][path.name]
+        assert record["bytes"] == path.stat().st_size
+        assert record["sha256"] == hashlib.sha256(path.read_bytes()).hexdigest()
 
 
 def test_argument_names_are_mains(compiled):
@@ -418,8 +521,142 @@ def test_load_reports_missing_and_mismatched_files(compiled, tmp_path):
     (tmp_path / "mixed.so").write_bytes(compiled["paths"][0].read_bytes())
     tvm.runtime.save_param_dict_to_file({"something": tvm.runtime.tensor(np.zeros(2, "float32"))},
                                         str(tmp_path / "mixed.params"))
-    with pytest.raises(ValueError, match="do not belong together"):
+    d2ltvm.write_model_manifest(tmp_path, "mixed", [tmp_path / "mixed.so",
+                                                    tmp_path / "mixed.params"])
+    with pytest.raises(d2ltvm.CompiledModelError, match="do not belong together"):
         d2ltvm.load_compiled_model(tmp_path, name="mixed")
+
+
+# ---------------------------------------------------------------------------------------------
+# damaged exports: refused with a clear error before the library reaches dlopen
+
+LOAD = """
+import json, sys
+import d2ltvm
+for folder in sys.argv[1:]:
+    try:
+        d2ltvm.load_compiled_model(folder, name="resnet18")
+        print(json.dumps({"error": None}), flush=True)
+    except Exception as err:
+        print(json.dumps({"error": type(err).__name__, "message": str(err)}), flush=True)
+"""
+
+
+def load_in_a_subprocess(*folders):
+    """Try load_compiled_model on each folder in one fresh process; return what each reported.
+    A regression that lets a damaged library reach dlopen kills that process (bus error), not
+    pytest: the folder it was loading and those after it are then reported as crashed."""
+    env = dict(os.environ, PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    result = subprocess.run([sys.executable, "-c", LOAD, *map(str, folders)], capture_output=True,
+                            text=True, timeout=300, env=env)
+    reports = [json.loads(line) for line in result.stdout.splitlines() if line.startswith("{")]
+    crash = {"error": f"crashed with exit code {result.returncode}",
+             "message": result.stderr[-2000:]}
+    return reports + [crash] * (len(folders) - len(reports))
+
+
+def damage_library(library, damage):
+    content = bytearray(library.read_bytes())
+    if damage == "truncated":  # as an interrupted copy leaves it
+        content = content[:len(content) // 2]
+    elif damage == "flipped":
+        content[len(content) // 2] ^= 0xFF
+    elif damage == "appended":
+        content += b"\0"
+    library.write_bytes(bytes(content))
+
+
+DAMAGES = {
+    "truncated": r"resnet18.so is truncated: it has [\d,]+ bytes, the manifest records [\d,]+ "
+                 r"bytes \(size mismatch\)",
+    "flipped": r"resnet18.so is damaged: .*\(checksum mismatch\)",
+    "appended": r"resnet18.so is longer than written: .*\(size mismatch\)",
+}
+
+
+@pytest.fixture(scope="module")
+def damaged_exports(compiled, tmp_path_factory):
+    """Copies of the export with a damaged library, and one intact; loaded in one subprocess."""
+    folders = {}
+    for damage in list(DAMAGES) + ["intact"]:
+        folder = tmp_path_factory.mktemp(damage) / "copy"
+        shutil.copytree(compiled["folder"], folder)
+        damage_library(folder / "resnet18.so", damage)
+        folders[damage] = folder
+    reports = load_in_a_subprocess(*folders.values())
+    return {damage: (folder, report) for (damage, folder), report in zip(folders.items(), reports)}
+
+
+@pytest.mark.parametrize("damage", sorted(DAMAGES))
+def test_damaged_library_is_refused(damaged_exports, damage):
+    folder, reported = damaged_exports[damage]
+    assert reported["error"] == "CompiledModelError", reported
+    assert re.search(DAMAGES[damage], reported["message"]), reported["message"]
+    assert str(folder / "resnet18.so") in reported["message"]  # names the file, with its full path
+
+
+def test_intact_copy_loads_in_a_subprocess(damaged_exports):
+    assert damaged_exports["intact"][1] == {"error": None}
+
+
+def copy_of_export(compiled, tmp_path):
+    folder = tmp_path / "copy"
+    shutil.copytree(compiled["folder"], folder)
+    return folder
+
+
+def test_flipped_byte_in_the_weights_is_refused(compiled, tmp_path):
+    folder = copy_of_export(compiled, tmp_path)
+    params = folder / "resnet18.params"
+    content = bytearray(params.read_bytes())
+    content[-5] ^= 0x01  # in the last weight's data: still a well-formed file
+    params.write_bytes(bytes(content))
+    with pytest.raises(d2ltvm.CompiledModelError, match=r"resnet18.params is damaged.*checksum"):
+        d2ltvm.load_compiled_model(folder, name="resnet18")
+
+
+def test_missing_manifest_is_refused(compiled, tmp_path):
+    folder = copy_of_export(compiled, tmp_path)
+    (folder / "resnet18.manifest.json").unlink()
+    with pytest.raises(d2ltvm.CompiledModelError, match=r"resnet18.manifest.json is missing"):
+        d2ltvm.load_compiled_model(folder, name="resnet18")
+
+
+@pytest.mark.parametrize("text", ["{not json", "[]", '{"files": {}}',
+                                  '{"files": {"resnet18.so": {"bytes": "many"}}}'])
+def test_damaged_manifest_is_refused(compiled, tmp_path, text):
+    folder = copy_of_export(compiled, tmp_path)
+    (folder / "resnet18.manifest.json").write_text(text)
+    with pytest.raises(d2ltvm.CompiledModelError, match=r"manifest.json is damaged or does not "
+                                                        r"describe resnet18.so, resnet18.params"):
+        d2ltvm.load_compiled_model(folder, name="resnet18")
+
+
+@pytest.mark.parametrize("missing", ["resnet18.so", "resnet18.params"])
+def test_missing_file_is_refused(compiled, tmp_path, missing):
+    folder = copy_of_export(compiled, tmp_path)
+    (folder / missing).unlink()
+    with pytest.raises(FileNotFoundError, match=f"{missing} does not exist"):
+        d2ltvm.load_compiled_model(folder, name="resnet18")
+    with pytest.raises(d2ltvm.CompiledModelError, match=f"{missing} is missing"):
+        d2ltvm.verify_model_files(folder, "resnet18", ["resnet18.so", "resnet18.params"])
+
+
+def test_good_copy_round_trips(compiled, tmp_path):
+    import tvm
+    folder = copy_of_export(compiled, tmp_path)
+    d2ltvm.verify_model_files(folder, "resnet18", ["resnet18.so", "resnet18.params"])
+    vm, weights = d2ltvm.load_compiled_model(folder, name="resnet18")
+    logits = vm["main"](tvm.runtime.tensor(compiled["x"]), *weights).numpy()
+    np.testing.assert_array_equal(logits, compiled["logits"])
+
+
+def test_reexport_rewrites_the_manifest(compiled, tmp_path):
+    folder = copy_of_export(compiled, tmp_path)
+    (folder / "resnet18.manifest.json").write_text("{}")
+    d2ltvm.export_compiled_model(compiled["executable"], compiled["weights"], folder,
+                                 name="resnet18")
+    d2ltvm.verify_model_files(folder, "resnet18", ["resnet18.so", "resnet18.params"])
 
 
 def test_export_refuses_too_many_weights(compiled, tmp_path):
