@@ -606,18 +606,22 @@ MNIST_NPZ_URL = "https://storage.googleapis.com/tensorflow/tf-keras-datasets/mni
 MNIST_NPZ_SHA256 = "731c5ac602752760c8e48fbffcf8c3b850d9dc2a2aedcf2cc48468fc17b673d1"
 
 
-def load_mnist_or_digits(n_test=500, seed=0):
-    """Return (x_train, y_train), (x_test, y_test), source: MNIST if downloadable, else upsampled scikit-learn digits."""
+def load_mnist_or_digits(n_test=500, seed=0, stand_in=False):
+    """Return (x_train, y_train), (x_test, y_test), source: MNIST, or upsampled scikit-learn
+    digits where MNIST cannot be downloaded or stand_in=True (what the book's shipped CNN
+    weights were trained on)."""
     import numpy as np
-    try:
-        with np.load(download(MNIST_NPZ_URL, MNIST_NPZ_SHA256), allow_pickle=False) as f:
-            data = {k: f[k] for k in ("x_train", "y_train", "x_test", "y_test")}
-        images = {k: (data[k].astype("float32") / 255)[..., None] for k in ("x_train", "x_test")}
-        return ((images["x_train"], data["y_train"].astype("int64")),
-                (images["x_test"], data["y_test"].astype("int64")), "MNIST")
-    except DownloadError as err:
-        print(f"MNIST unavailable ({str(err).split(':')[0]}): using scikit-learn's 8x8 handwritten "
-              "digits, enlarged to 28x28, as a stand-in")
+    if not stand_in:
+        try:
+            with np.load(download(MNIST_NPZ_URL, MNIST_NPZ_SHA256), allow_pickle=False) as f:
+                data = {k: f[k] for k in ("x_train", "y_train", "x_test", "y_test")}
+            images = {k: (data[k].astype("float32") / 255)[..., None]
+                      for k in ("x_train", "x_test")}
+            return ((images["x_train"], data["y_train"].astype("int64")),
+                    (images["x_test"], data["y_test"].astype("int64")), "MNIST")
+        except DownloadError as err:
+            print(f"MNIST unavailable ({str(err).split(':')[0]}): using scikit-learn's 8x8 "
+                  "handwritten digits, enlarged to 28x28, as a stand-in")
     from PIL import Image
     from sklearn.datasets import load_digits
     digits = load_digits()
@@ -648,6 +652,96 @@ def keras_mnist_cnn(input_shape=(28, 28, 1), hidden=128, num_classes=10):
         layers.Dropout(0.5),
         layers.Dense(num_classes, activation="softmax"),
     ])
+
+# ----------------------------------------------------------------------
+# Defined in chapters/compiling_models/keras_mnist.ipynb
+def train_keras_cnn(x_train, y_train, epochs=5, batch_size=64, seed=0, threads=2):
+    """Train a fresh keras_mnist_cnn() with the chapter's recipe; return (model, history)."""
+    import torch
+    keras = import_keras()
+    saved_threads = torch.get_num_threads()
+    torch.set_num_threads(threads)  # how a sum is split between threads changes its rounding
+    try:
+        keras.utils.set_random_seed(seed)  # Python, numpy, torch: first weights, batch order
+        model = keras_mnist_cnn()
+        model.compile(optimizer="adam", loss="sparse_categorical_crossentropy",
+                      metrics=["accuracy"])
+        history = model.fit(x_train, y_train, batch_size=batch_size, epochs=epochs, verbose=0)
+    finally:
+        torch.set_num_threads(saved_threads)
+    return model, history
+
+# ----------------------------------------------------------------------
+# Defined in chapters/compiling_models/keras_mnist.ipynb
+import pathlib
+import zipfile
+
+KERAS_CNN_WEIGHTS_SHA256 = "8dce19228528862c9a36a2663a47572a3b3a260021e9d73fe87b0d65d4bab29e"
+KERAS_CNN_DIGITS_ACCURACY = 0.968  # shipped weights, on load_mnist_or_digits()'s test images
+KERAS_CNN_ACCURACY_BAND = 0.03  # how far a network retrained by the recipe may land from that
+
+
+def keras_weight_names(model):
+    """Name a built Keras model's weights by layer index, class and role: 0_Conv2D_kernel."""
+    if not getattr(model, "built", False) or not getattr(model, "inputs", None):
+        raise ValueError(f"model {getattr(model, 'name', model)!r} was never built, so it has no "
+                         "weights to save or load: start it with keras.Input(shape=...)")
+    return [f"{i}_{type(layer).__name__}_{weight.name}"
+            for i, layer in enumerate(model.layers) for weight in layer.weights]
+
+
+def save_keras_weights(model, path):
+    """Save a built Keras model's weights as an .npz file whose bytes depend only on the values."""
+    import io
+    import numpy as np
+    arrays = [a for layer in model.layers for a in layer.get_weights()]
+    with zipfile.ZipFile(path, "w", zipfile.ZIP_STORED) as archive:
+        for name, array in zip(keras_weight_names(model), arrays):
+            buffer = io.BytesIO()
+            np.lib.format.write_array(buffer, np.ascontiguousarray(array))
+            # a fixed time stamp and system (np.savez stores the time): equal weights, equal bytes
+            info = zipfile.ZipInfo(name + ".npy", date_time=(1980, 1, 1, 0, 0, 0))
+            info.create_system = 3
+            archive.writestr(info, buffer.getvalue())
+    return pathlib.Path(path)
+
+
+def keras_cnn_weights_path():
+    """Return the path of the CNN weights the book ships: data/keras_cnn_digits.npz."""
+    import d2ltvm
+    return pathlib.Path(d2ltvm.__file__).resolve().parent.parent / "data" / "keras_cnn_digits.npz"
+
+# ----------------------------------------------------------------------
+# Defined in chapters/compiling_models/keras_mnist.ipynb
+def load_keras_cnn_weights(model=None, path=None, checksum=KERAS_CNN_WEIGHTS_SHA256):
+    """Load the book's CNN weights (sha256-checked) into a built keras_mnist_cnn(); return it."""
+    import numpy as np
+    path = keras_cnn_weights_path() if path is None else pathlib.Path(path)
+    remake = "regenerate it with `python tools/train_keras_cnn.py` in the book's folder"
+    if not path.is_file():
+        raise FileNotFoundError(f"Keras CNN weights {path.name} not found at {path}: {remake}")
+    actual = file_hash(path) if checksum is not None else None
+    if actual is not None and not actual.startswith(checksum.lower()):
+        raise ValueError(f"{path.name} has sha256 {actual}, not {checksum}: the file is corrupt "
+                         f"or was made by another recipe; {remake}")
+    model = keras_mnist_cnn() if model is None else model
+    names = keras_weight_names(model)
+    try:
+        with np.load(path, allow_pickle=False) as archive:
+            stored = {name: archive[name] for name in archive.files}
+    except (ValueError, OSError, zipfile.BadZipFile) as err:
+        raise ValueError(f"{path.name} is not an .npz file of weights: {err}") from err
+    if sorted(stored) != sorted(names):
+        raise ValueError(f"{path.name} holds the weights {sorted(stored)}, but the model "
+                         f"{model.name!r} has {names}")
+    weights = [(layer, w) for layer in model.layers for w in layer.weights]
+    for (layer, weight), name in zip(weights, names):  # check every shape before loading any
+        if tuple(weight.shape) != stored[name].shape:
+            raise ValueError(f"{path.name}: {weight.name} of layer {layer.name!r} has shape "
+                             f"{stored[name].shape}, the model's has {tuple(weight.shape)}")
+    for layer in model.layers:
+        layer.set_weights([stored[names.pop(0)] for _ in layer.weights])
+    return model
 
 # ----------------------------------------------------------------------
 # Defined in chapters/compiling_models/keras_mnist.ipynb

@@ -16,7 +16,7 @@ TOL = dict(rtol=1e-5, atol=1e-5)
 
 
 def compile_relax(mod):
-    vm = relax.VirtualMachine(tvm.compile(mod, target="llvm"), tvm.cpu())
+    vm = relax.VirtualMachine(tvm.compile(mod, target=d2ltvm.host_target()), tvm.cpu())
     return lambda x: vm["main"](tvm.runtime.tensor(x)).numpy()
 
 
