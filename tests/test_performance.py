@@ -109,7 +109,7 @@ def test_cnn_dispatched_to_onednn_matches_torch(cnns):
         np.testing.assert_allclose(compiled(w["input"].numpy()), expected, **TOLERANCE)
 
 
-@pytest.mark.parametrize("database", [RESNET_DB, MLP_DB, CNN_DB], ids=lambda p: p.name)
+@pytest.mark.parametrize("database", sorted((ROOT / "data" / "tuning").iterdir()), ids=lambda p: p.name)
 def test_database_records_its_target_and_progress(database):
     import json
     info = json.loads((database / "tuning_info.json").read_text())
@@ -223,17 +223,30 @@ def test_compile_tuned_refuses_another_class_clearly(resnet):
     assert "tools/tune_resnet18.py --model resnet18" in message
 
 
-@pytest.mark.parametrize("spec, expected", [
-    (SSE_ONLY, None),
-    ({"kind": "llvm", "mcpu": "znver4"}, "x86-64-avx512"),
-    ({"kind": "llvm", "mcpu": "sapphirerapids"}, "x86-64-avx512"),
-    ({"kind": "llvm", "mtriple": "aarch64-linux-gnu", "mcpu": "apple-m1"}, None),
-])
-def test_shipped_database_is_chosen_by_class(spec, expected):
+SHIPPED_CLASSES = {"resnet18": {"x86-64-avx512"}, "mlp": {"x86-64-avx512", "x86-64-avx2"},
+                   "cnn": {"x86-64-avx512", "x86-64-avx2"}}
+
+
+def test_the_shipped_databases_are_these():
+    folders = sorted(p.name for p in (ROOT / "data" / "tuning").iterdir() if p.is_dir())
+    assert folders == sorted(f"{m}_{c}" for m, classes in SHIPPED_CLASSES.items() for c in classes)
+
+
+@pytest.mark.parametrize("spec", [
+    SSE_ONLY,
+    {"kind": "llvm", "mcpu": "znver4"},
+    {"kind": "llvm", "mcpu": "sapphirerapids"},
+    {"kind": "llvm", "mcpu": "znver3"},
+    {"kind": "llvm", "mcpu": "haswell"},
+    {"kind": "llvm", "mtriple": "aarch64-linux-gnu", "mcpu": "apple-m1"},
+], ids=lambda spec: spec["mcpu"])
+def test_shipped_database_is_chosen_by_class(spec):
     import tvm
-    for model in ("resnet18", "mlp", "cnn"):
-        folder = d2ltvm.shipped_tuning_database(model, tvm.target.Target(spec))
-        assert (folder and folder.name) == (expected and f"{model}_{expected}")
+    target = tvm.target.Target(spec)
+    for model, classes in SHIPPED_CLASSES.items():
+        folder = d2ltvm.shipped_tuning_database(model, target)
+        expected = f"{model}_{d2ltvm.isa_class(target)}"
+        assert (folder and folder.name) == (expected if d2ltvm.isa_class(target) in classes else None)
 
 
 def test_tuned_resnet18_matches_torch(resnet, resnet_reference):
