@@ -10,7 +10,8 @@ kept in that order (d2ltvm.fashion_mnist_subset_indices): 2,000 images. The file
 .npz (zip, deflated, fixed time stamps) with `images` (uint8, 2000x28x28, the original bytes),
 `labels` (uint8) and `indices` (uint16, positions in the test set). Its bytes depend only on these
 arrays (and zlib), and its SHA-256 must equal d2ltvm.FASHION_MNIST_SUBSET_SHA256.
-Fashion-MNIST: Copyright (c) 2017 Zalando SE, MIT licence (https://github.com/zalandoresearch/fashion-mnist).
+Fashion-MNIST: Copyright (c) 2017 Zalando SE, MIT licence
+(https://github.com/zalandoresearch/fashion-mnist).
 """
 import argparse
 import io
@@ -55,9 +56,11 @@ def save(arrays, path):
 
 
 def main():
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--local", help="folder with the original files (default: download them)")
-    parser.add_argument("--check", action="store_true", help="compare with the shipped file, write nothing")
+    parser.add_argument("--check", action="store_true",
+                        help="compare with the shipped file, write nothing")
     args = parser.parse_args()
     arrays = subset_arrays(args.local)
     if args.check:
@@ -68,8 +71,8 @@ def main():
         print("the shipped subset matches the original files" if same else "MISMATCH")
         return 0 if same else 1
     save(arrays, OUT)
-    print(f"wrote {OUT.relative_to(ROOT)} ({OUT.stat().st_size} bytes), sha256 {d2ltvm.file_hash(OUT)}; "
-          f"per class {np.bincount(arrays['labels']).tolist()}")
+    print(f"wrote {OUT.relative_to(ROOT)} ({OUT.stat().st_size} bytes), "
+          f"sha256 {d2ltvm.file_hash(OUT)}; per class {np.bincount(arrays['labels']).tolist()}")
     return 0
 
 
