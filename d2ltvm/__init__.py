@@ -1065,10 +1065,13 @@ def load_fashion_mnist_subset(path=None, checksum=FASHION_MNIST_SUBSET_SHA256):
     import d2ltvm
     root = pathlib.Path(d2ltvm.__file__).resolve().parent.parent
     path = root / "data" / "fashion_mnist_test2000.npz" if path is None else pathlib.Path(path)
+    remake = "regenerate it with `python tools/make_fashion_mnist_subset.py`"
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} not found: {remake}")
     actual = file_hash(path)
     if actual != checksum:
-        raise ValueError(f"{path} has sha256 {actual}, not {checksum}: it is corrupt or another "
-                         "file; regenerate it with `python tools/make_fashion_mnist_subset.py`")
+        raise ValueError(f"{path} has sha256 {actual}, not {checksum}: it is corrupt or "
+                         f"another file; {remake}")
     with np.load(path, allow_pickle=False) as archive:
         images, labels, indices = archive["images"], archive["labels"], archive["indices"]
     return types.SimpleNamespace(
@@ -1076,7 +1079,8 @@ def load_fashion_mnist_subset(path=None, checksum=FASHION_MNIST_SUBSET_SHA256):
         train_images=None, train_labels=None, indices=indices.astype("int64"),
         test_images=(images / np.float32(255)).astype("float32"), test_labels=labels.astype("int64"))
 
-
+# ----------------------------------------------------------------------
+# Defined in chapters/relax/mlp_tensorir.ipynb
 def load_mlp_data():
     """Return Fashion-MNIST when it can be downloaded, else the book's shipped 2,000 test images."""
     try:

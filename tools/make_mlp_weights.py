@@ -11,9 +11,9 @@ one thread; about 30 seconds), from the original files (downloaded and md5-check
 copy such as Debian's package dataset-fashion-mnist, checked by content). It saves the weights
 with d2ltvm.save_mlp_params (byte-reproducible) and prints the file's SHA-256, which must equal
 d2ltvm.MLP_PARAMS_SHA256 (the default checksum of d2ltvm.load_mlp_params), and the accuracy on
-the full test set (10,000 images), recorded as d2ltvm.MLP_TEST_ACCURACY. On another CPU PyTorch's kernels round
-differently, so retraining gives other bytes; --check then asserts that the accuracy lands within
-d2ltvm.MLP_ACCURACY_BAND of the recorded one (tests/test_mlp.py does the same).
+the full test set (10,000 images), recorded as d2ltvm.MLP_TEST_ACCURACY. On another CPU
+PyTorch's kernels round differently, so retraining gives other bytes; --check then asserts that
+the accuracy lands within d2ltvm.MLP_ACCURACY_BAND of the recorded one (as tests/test_mlp.py does).
 """
 import argparse
 import pathlib
@@ -50,7 +50,8 @@ def main():
         return 0 if gap <= d2ltvm.MLP_ACCURACY_BAND and recorded else 1
     path = d2ltvm.save_mlp_params(params, ROOT / "data" / "mlp_fashion.npz")
     print(f"wrote {path.relative_to(ROOT)} ({path.stat().st_size} bytes), "
-          f"sha256 {d2ltvm.file_hash(path)}; test accuracy {acc:.4f} on {len(data.test_labels)} images")
+          f"sha256 {d2ltvm.file_hash(path)}; test accuracy {acc:.4f} "
+          f"on {len(data.test_labels)} images")
     return 0
 
 
