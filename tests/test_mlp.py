@@ -274,7 +274,7 @@ def test_load_mlp_params_corrupt_file(tmp_path):
     raw = bytearray(broken.read_bytes())
     raw[1000] ^= 0xFF
     broken.write_bytes(bytes(raw))
-    with pytest.raises(ValueError, match="mlp_fashion.npz has sha256 .* corrupt .* make_mlp_weights.py"):
+    with pytest.raises(ValueError, match="mlp_fashion.npz has sha256 .* corrupt .*make_mlp_weights.py"):
         d2ltvm.load_mlp_params(broken)
 
 
