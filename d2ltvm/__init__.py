@@ -979,64 +979,66 @@ def from_keras(model, layout="NHWC", batch_size=1):
 
 # ----------------------------------------------------------------------
 # Defined in chapters/relax/mlp_tensorir.ipynb
-import types
-
-
-def load_digits_28x28(test_size=360, seed=0):
-    """Return scikit-learn's 1797 handwritten digits as 28x28 float32 images in [0, 1], split into train and test."""
-    from sklearn.datasets import load_digits
-    if not isinstance(test_size, (int, np.integer)) or not 0 < test_size < 1797:
-        raise ValueError(f"test_size must be an int between 1 and 1796, got {test_size!r}")
-    digits = load_digits()
-    small = digits.images / 16.0                       # 8x8 pixels with values 0..16 -> [0, 1]
-    # Bilinear upsampling 8 -> 28 as a matrix: output pixel o has its centre at input position
-    # (o + 0.5) * 8 / 28 - 0.5 and mixes the two nearest input pixels (clamped at the border).
-    pos = np.clip((np.arange(28) + 0.5) * 8 / 28 - 0.5, 0, 7)
-    low = np.floor(pos).astype(int)
-    frac = pos - low
-    resize = np.zeros((28, 8))
-    resize[np.arange(28), low] += 1 - frac
-    resize[np.arange(28), np.minimum(low + 1, 7)] += frac
-    images = np.clip(resize @ small @ resize.T, 0, 1).astype("float32")   # (1797, 28, 28)
-    labels = digits.target.astype("int64")
-    order = np.random.default_rng(seed).permutation(len(images))
-    test, train = order[:test_size], order[test_size:]
-    return types.SimpleNamespace(name="digits", classes=[str(d) for d in range(10)],
-                                 train_images=images[train], train_labels=labels[train],
-                                 test_images=images[test], test_labels=labels[test])
-
-# ----------------------------------------------------------------------
-# Defined in chapters/relax/mlp_tensorir.ipynb
 import gzip
+import hashlib
 import pathlib
+import types
 
 FASHION_MNIST_CLASSES = ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat",
                          "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot"]
+# key: (file name, md5 of the published .gz file, sha256 of its uncompressed contents)
+FASHION_MNIST_FILES = {
+    "train_images": ("train-images-idx3-ubyte.gz", "8d4fb7e6c68d591d4c3dfef9ec88bf0d",
+                     "c59f468a2f672dc815687fe0f83887768d799fd8a3f3276145d20f83aa44d888"),
+    "train_labels": ("train-labels-idx1-ubyte.gz", "25c81989df183df01b3e8a0aad5dffbe",
+                     "bad3541b69d912435c50bb6ba87bec294ff4f6a2e1246121d8633921760443d9"),
+    "test_images": ("t10k-images-idx3-ubyte.gz", "bef4ecab320f06d8554ea6380940ec79",
+                    "5b4141f0afbad91edebe8549f8fcffe087ea10ca49f1dbef5c9a5cd8815ce37b"),
+    "test_labels": ("t10k-labels-idx1-ubyte.gz", "bb300cfdad3c16e7a12a480ee83cd310",
+                    "0402a96d92fd2663957122ceb108a494c5af83dab82d92729df917d7dec38c34")}
 
 
-def read_idx_gz(path):
-    """Return the uint8 array stored in a gzipped IDX file (the MNIST file format)."""
-    with gzip.open(path, "rb") as f:
-        raw = f.read()
+def read_idx_gz(path, sha256=None):
+    """Return the uint8 array in a gzipped IDX file (MNIST's format); check the contents' sha256 if given."""
+    path = pathlib.Path(path)
+    try:
+        with gzip.open(path, "rb") as f:
+            raw = f.read()
+    except (OSError, EOFError) as err:
+        raise ValueError(f"{path} is not a gzip file: {err}") from err
+    if sha256 is not None and hashlib.sha256(raw).hexdigest() != sha256:
+        raise ValueError(f"{path} is not the original {path.name}: its uncompressed contents have "
+                         f"sha256 {hashlib.sha256(raw).hexdigest()}, not {sha256}")
     if len(raw) < 4 or raw[0] != 0 or raw[1] != 0 or raw[2] != 0x08:
-        raise ValueError(f"{pathlib.Path(path).name} is not an IDX file of unsigned bytes")
+        raise ValueError(f"{path.name} is not an IDX file of unsigned bytes")
     ndim = raw[3]
     dims = tuple(int(d) for d in np.frombuffer(raw, ">i4", count=ndim, offset=4))
     data = np.frombuffer(raw, np.uint8, offset=4 + 4 * ndim)
     if data.size != int(np.prod(dims)):
-        raise ValueError(f"{pathlib.Path(path).name} holds {data.size} bytes, its header says {dims}")
+        raise ValueError(f"{path.name} holds {data.size} bytes, its header says {dims}")
     return data.reshape(dims)
 
+# ----------------------------------------------------------------------
+# Defined in chapters/relax/mlp_tensorir.ipynb
+FASHION_MNIST_MIRROR = "http://fashion-mnist.s3-website.eu-central-1.amazonaws.com/"
 
-def load_fashion_mnist(folder=None):
-    """Return FashionMNIST (downloaded once, md5-checked) as 28x28 float32 images in [0, 1] with its train/test split."""
-    mirror = "http://fashion-mnist.s3-website.eu-central-1.amazonaws.com/"
-    files = {"train_images": ("train-images-idx3-ubyte.gz", "8d4fb7e6c68d591d4c3dfef9ec88bf0d"),
-             "train_labels": ("train-labels-idx1-ubyte.gz", "25c81989df183df01b3e8a0aad5dffbe"),
-             "test_images": ("t10k-images-idx3-ubyte.gz", "bef4ecab320f06d8554ea6380940ec79"),
-             "test_labels": ("t10k-labels-idx1-ubyte.gz", "bb300cfdad3c16e7a12a480ee83cd310")}
-    arrays = {key: read_idx_gz(download(mirror + name, md5, folder=folder, algorithm="md5"))
-              for key, (name, md5) in files.items()}
+
+def load_fashion_mnist(folder=None, local=None):
+    """Return Fashion-MNIST as 28x28 float32 images in [0, 1] with its train/test split.
+
+    Downloaded once into `folder` (default: the cache) and md5-checked, or read from `local`, a
+    folder with the four original files (e.g. Debian's /usr/share/datasets/fashion-mnist).
+    """
+    arrays = {}
+    for key, (name, md5, sha256) in FASHION_MNIST_FILES.items():
+        if local is None:
+            path = download(FASHION_MNIST_MIRROR + name, md5, folder=folder, algorithm="md5")
+        else:
+            path = pathlib.Path(local) / name
+            if not path.is_file():
+                raise FileNotFoundError(f"{name} not found in {local}: the folder must hold "
+                                        "the four original Fashion-MNIST files")
+        arrays[key] = read_idx_gz(path, sha256=sha256)
     return types.SimpleNamespace(
         name="fashion_mnist", classes=list(FASHION_MNIST_CLASSES),
         train_images=(arrays["train_images"] / np.float32(255)).astype("float32"),
@@ -1044,20 +1046,54 @@ def load_fashion_mnist(folder=None):
         test_images=(arrays["test_images"] / np.float32(255)).astype("float32"),
         test_labels=arrays["test_labels"].astype("int64"))
 
+# ----------------------------------------------------------------------
+# Defined in chapters/relax/mlp_tensorir.ipynb
+FASHION_MNIST_SUBSET_SHA256 = "8eb704ac86b9eb75aa042599560a503fb30028419df5a0128d165a8f48326d2a"
 
-def load_mlp_data():
-    """Return FashionMNIST when it can be downloaded, else (with a notice) the 28x28 handwritten digits."""
-    try:
-        return load_fashion_mnist()
-    except DownloadError as err:
-        reason = str(err).split(": download ")[0]
-        print(f"FashionMNIST unavailable: {reason}.\n"
-              "Using the stand-in instead: scikit-learn's handwritten digits, upsampled to 28x28.")
-        return load_digits_28x28()
+
+def fashion_mnist_subset_indices(test_labels, per_class=200):
+    """Return the positions of the first `per_class` test images of each class, in test-set order."""
+    test_labels = np.asarray(test_labels)
+    picked = [np.flatnonzero(test_labels == c)[:per_class] for c in range(10)]
+    if any(len(p) < per_class for p in picked):
+        raise ValueError(f"some class has fewer than {per_class} images")
+    return np.sort(np.concatenate(picked))
+
+
+def load_fashion_mnist_subset(path=None, checksum=FASHION_MNIST_SUBSET_SHA256):
+    """Return the 2,000 Fashion-MNIST test images the book ships (sha256-checked)."""
+    import d2ltvm
+    root = pathlib.Path(d2ltvm.__file__).resolve().parent.parent
+    path = root / "data" / "fashion_mnist_test2000.npz" if path is None else pathlib.Path(path)
+    remake = "regenerate it with `python tools/make_fashion_mnist_subset.py`"
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} not found: {remake}")
+    actual = file_hash(path)
+    if actual != checksum:
+        raise ValueError(f"{path} has sha256 {actual}, not {checksum}: it is corrupt or "
+                         f"another file; {remake}")
+    with np.load(path, allow_pickle=False) as archive:
+        images, labels, indices = archive["images"], archive["labels"], archive["indices"]
+    return types.SimpleNamespace(
+        name="fashion_mnist_subset", classes=list(FASHION_MNIST_CLASSES),
+        train_images=None, train_labels=None, indices=indices.astype("int64"),
+        test_images=(images / np.float32(255)).astype("float32"), test_labels=labels.astype("int64"))
 
 # ----------------------------------------------------------------------
 # Defined in chapters/relax/mlp_tensorir.ipynb
-def train_mlp(images, labels, hidden=128, epochs=20, batch_size=64, lr=0.1, seed=0):
+def load_mlp_data():
+    """Return Fashion-MNIST when it can be downloaded, else the book's shipped 2,000 test images."""
+    try:
+        return load_fashion_mnist()
+    except DownloadError as err:
+        reason = "offline" if is_offline() else str(err).split(": download ")[0]
+        print(f"Full Fashion-MNIST not available ({reason}): using the book's shipped part of "
+              "its test set, the first 200 test images of each class (2,000 images).")
+        return load_fashion_mnist_subset()
+
+# ----------------------------------------------------------------------
+# Defined in chapters/relax/mlp_tensorir.ipynb
+def train_mlp(images, labels, hidden=128, epochs=20, batch_size=64, lr=0.01, seed=0):
     """Train a 784-hidden-10 ReLU MLP with torch, deterministically; return its float32 weights w0, b0, w1, b1."""
     import torch
     images = np.asarray(images, dtype="float32")
@@ -1098,6 +1134,8 @@ import pathlib
 import zipfile
 
 MLP_PARAM_NAMES = ("w0", "b0", "w1", "b1")
+MLP_TEST_ACCURACY = 0.8859  # of the shipped weights, on all 10,000 Fashion-MNIST test images
+MLP_ACCURACY_BAND = 0.01  # retraining on another CPU must land this close to it
 
 
 def save_mlp_params(params, path):
@@ -1114,15 +1152,19 @@ def save_mlp_params(params, path):
                              buffer.getvalue())
     return pathlib.Path(path)
 
-
+# ----------------------------------------------------------------------
+# Defined in chapters/relax/mlp_tensorir.ipynb
 def mlp_params_path():
-    """Return the path of the MLP weights the book ships: data/mlp_digits.npz next to the d2ltvm package."""
+    """Return the path of the MLP weights the book ships: data/mlp_fashion.npz beside d2ltvm."""
     import d2ltvm
-    return pathlib.Path(d2ltvm.__file__).resolve().parent.parent / "data" / "mlp_digits.npz"
+    return pathlib.Path(d2ltvm.__file__).resolve().parent.parent / "data" / "mlp_fashion.npz"
 
 
-def load_mlp_params(path=None, checksum="7fc40d9288652e03b0793d2fb3b88ba347c815699fb7008c41aabd724cd4cb06"):
-    """Return the MLP weights w0, b0, w1, b1 from `path` (default: the book's data/mlp_digits.npz), checksum-verified."""
+MLP_PARAMS_SHA256 = "d72de462ca70602d036575751aeb3c49585de3883f2851035389442942f2b013"
+
+
+def load_mlp_params(path=None, checksum=MLP_PARAMS_SHA256):
+    """Return the MLP weights w0, b0, w1, b1 from `path` (default: mlp_params_path()), checked."""
     path = mlp_params_path() if path is None else pathlib.Path(path)
     remake = "regenerate it with `python tools/make_mlp_weights.py` in the book's folder"
     if not path.is_file():

@@ -123,3 +123,29 @@ def test_te_matmul_and_relu():
     f(tvm.runtime.tensor(a), tvm.runtime.tensor(b), d)
     np.testing.assert_allclose(d.numpy(), np.maximum(a @ b, 0), rtol=1e-5, atol=1e-6)
     assert (d.numpy() == 0).any() and (d.numpy() > 0).any()
+
+
+def test_every_mlp_ladder_agrees_on_every_shipped_image():
+    """numpy, PyTorch, our importer (TensorIR via TE rules, Relax operators) and TVM's importers
+    make the same prediction on each of the 2,000 shipped Fashion-MNIST test images."""
+    from tvm.relax.frontend.torch import from_exported_program
+    from tvm.relax.frontend.torch import from_fx as tvm_from_fx
+    data = d2ltvm.load_fashion_mnist_subset()
+    params = d2ltvm.load_mlp_params()
+    images = torch.from_numpy(data.test_images)
+    mlp = torch.nn.Sequential(torch.nn.Flatten(), *d2ltvm.mlp_torch_model(params)).eval()
+    expected = d2ltvm.numpy_mlp(data.test_images.reshape(-1, 784), **params)
+    with torch.no_grad():
+        scores = {"torch": mlp(images).numpy()}
+    fx_module = torch.fx.symbolic_trace(mlp)
+    shape = tuple(images.shape)
+    for style in sorted(STYLES):
+        scores[f"ours, {style}"] = run(d2ltvm.from_fx(fx_module, [shape], *STYLES[style]()), images)
+    scores["tvm from_fx"] = run(tvm_from_fx(fx_module, [(shape, "float32")]), images)
+    exported = torch.export.export(mlp, (images,))
+    scores["tvm from_exported_program"] = run(
+        from_exported_program(exported, unwrap_unit_return_tuple=True), images)
+    for name, got in scores.items():
+        np.testing.assert_allclose(got, expected, rtol=1e-4, atol=1e-4, err_msg=name)
+        assert (got.argmax(1) == expected.argmax(1)).all(), name
+    assert 0.85 < (expected.argmax(1) == data.test_labels).mean() < 0.95

@@ -1,5 +1,8 @@
 """Unit tests of the helpers saved by chapters/relax/mlp_tensorir.ipynb (data, training, weights, numpy MLP)."""
 import gzip
+import hashlib
+import os
+import pathlib
 import shutil
 
 import numpy as np
@@ -7,48 +10,69 @@ import pytest
 
 import d2ltvm
 
+DEBIAN_FOLDER = pathlib.Path("/usr/share/datasets/fashion-mnist")
+
 
 @pytest.fixture(scope="module")
-def digits():
-    return d2ltvm.load_digits_28x28()
+def subset():
+    return d2ltvm.load_fashion_mnist_subset()
 
 
-def test_digits_shapes_ranges_and_labels(digits):
-    assert digits.name == "digits" and digits.classes == [str(d) for d in range(10)]
-    assert digits.train_images.shape == (1437, 28, 28) and digits.test_images.shape == (360, 28, 28)
-    assert digits.train_labels.shape == (1437,) and digits.test_labels.shape == (360,)
-    for images in (digits.train_images, digits.test_images):
-        assert images.dtype == np.float32 and images.min() == 0.0 and images.max() <= 1.0
-    for labels in (digits.train_labels, digits.test_labels):
-        assert labels.dtype == np.int64 and set(np.unique(labels)) == set(range(10))
+def original_folder():
+    """A folder with the four original Fashion-MNIST files: $D2LTVM_FASHION_MNIST, Debian's, or the cache."""
+    names = [name for name, _, _ in d2ltvm.FASHION_MNIST_FILES.values()]
+    for folder in (os.environ.get("D2LTVM_FASHION_MNIST"), DEBIAN_FOLDER, d2ltvm.cache_dir()):
+        if folder and all((pathlib.Path(folder) / n).is_file() for n in names):
+            return pathlib.Path(folder)
+    return None
 
 
-def test_digits_are_the_sklearn_digits_resized_bilinearly(digits):
-    """Same images as torch's bilinear resize (half-pixel centres), in the seeded split order."""
-    import torch
-    from sklearn.datasets import load_digits
-    small = torch.from_numpy(load_digits().images / 16.0)[:, None]
-    expected = torch.nn.functional.interpolate(small, size=(28, 28), mode="bilinear",
-                                               align_corners=False)[:, 0].numpy()
-    order = np.random.default_rng(0).permutation(1797)
-    np.testing.assert_allclose(digits.test_images, expected[order[:360]], rtol=0, atol=1e-6)
-    np.testing.assert_allclose(digits.train_images, expected[order[360:]], rtol=0, atol=1e-6)
-    np.testing.assert_array_equal(digits.test_labels, load_digits().target[order[:360]])
+@pytest.fixture(scope="module")
+def fashion():
+    folder = original_folder()
+    if folder is None:
+        pytest.skip("the original Fashion-MNIST files are absent (install Debian's dataset-fashion-mnist, "
+                    "download them with d2ltvm.load_fashion_mnist(), or set D2LTVM_FASHION_MNIST)")
+    return d2ltvm.load_fashion_mnist(local=folder)
 
 
-def test_digits_split_is_deterministic_and_seeded(digits):
-    again = d2ltvm.load_digits_28x28()
-    np.testing.assert_array_equal(again.test_images, digits.test_images)
-    np.testing.assert_array_equal(again.train_labels, digits.train_labels)
-    other = d2ltvm.load_digits_28x28(seed=1)
-    assert not np.array_equal(other.test_labels, digits.test_labels)
-    assert len(d2ltvm.load_digits_28x28(test_size=100).test_labels) == 100
+def test_shipped_subset_file(subset):
+    root = pathlib.Path(d2ltvm.__file__).resolve().parent.parent
+    shipped = root / "data" / "fashion_mnist_test2000.npz"
+    assert d2ltvm.file_hash(shipped) == d2ltvm.FASHION_MNIST_SUBSET_SHA256
+    assert subset.name == "fashion_mnist_subset" and subset.classes == d2ltvm.FASHION_MNIST_CLASSES
+    assert subset.test_images.shape == (2000, 28, 28) and subset.test_images.dtype == np.float32
+    assert subset.test_images.min() == 0.0 and subset.test_images.max() == 1.0
+    assert subset.test_labels.dtype == np.int64 and np.bincount(subset.test_labels).tolist() == [200] * 10
+    assert subset.train_images is None and subset.train_labels is None
+    indices = subset.indices
+    assert (np.diff(indices) > 0).all() and indices.min() >= 0 and indices.max() < 10000
+    np.testing.assert_array_equal(np.round(subset.test_images * 255) / 255, subset.test_images)
 
 
-@pytest.mark.parametrize("bad", [0, 1797, 2.5, "360"])
-def test_digits_bad_test_size(bad):
-    with pytest.raises(ValueError, match="test_size"):
-        d2ltvm.load_digits_28x28(test_size=bad)
+def test_subset_indices_rule():
+    labels = np.array([3, 1, 3, 0, 1, 3, 2] + list(range(10)) * 2)
+    picked = d2ltvm.fashion_mnist_subset_indices(labels, per_class=2)
+    assert picked.tolist() == sorted(picked.tolist()) and len(picked) == 20
+    assert picked[:7].tolist() == [0, 1, 2, 3, 4, 6, 7]
+    with pytest.raises(ValueError, match="fewer than 4"):
+        d2ltvm.fashion_mnist_subset_indices(labels, per_class=4)
+
+
+def test_subset_is_cut_from_the_original_test_set(subset, fashion):
+    expected = d2ltvm.fashion_mnist_subset_indices(fashion.test_labels)
+    np.testing.assert_array_equal(subset.indices, expected)
+    np.testing.assert_array_equal(subset.test_images, fashion.test_images[expected])
+    np.testing.assert_array_equal(subset.test_labels, fashion.test_labels[expected])
+
+
+def test_corrupt_subset_is_refused(tmp_path):
+    broken = tmp_path / "fashion_mnist_test2000.npz"
+    broken.write_bytes(b"not it")
+    with pytest.raises(ValueError, match="fashion_mnist_test2000.npz has sha256 .*make_fashion_mnist_subset"):
+        d2ltvm.load_fashion_mnist_subset(broken)
+    with pytest.raises(FileNotFoundError, match="nothere.npz not found.*make_fashion_mnist_subset"):
+        d2ltvm.load_fashion_mnist_subset(tmp_path / "nothere.npz")
 
 
 def test_offline_fashion_mnist_raises_download_error(tmp_path):
@@ -56,37 +80,89 @@ def test_offline_fashion_mnist_raises_download_error(tmp_path):
         d2ltvm.load_fashion_mnist(folder=tmp_path)
 
 
-def test_load_mlp_data_falls_back_with_a_notice(capsys, monkeypatch, tmp_path):
+def test_load_mlp_data_falls_back_to_the_shipped_subset(capsys, monkeypatch, tmp_path):
     monkeypatch.setenv("D2LTVM_CACHE", str(tmp_path))
     data = d2ltvm.load_mlp_data()
-    assert data.name == "digits"
+    assert data.name == "fashion_mnist_subset" and len(data.test_labels) == 2000
     out = capsys.readouterr().out
-    assert "FashionMNIST unavailable" in out and "stand-in" in out and "handwritten digits" in out
+    assert out.count("\n") == 1 and "first 200 test images of each class" in out
+    assert "stand-in" not in out
+
+
+def idx_bytes(array):
+    header = bytes([0, 0, 0x08, array.ndim]) + b"".join(int(d).to_bytes(4, "big") for d in array.shape)
+    return header + array.astype(np.uint8).tobytes()
 
 
 def write_idx_gz(path, array):
-    header = bytes([0, 0, 0x08, array.ndim]) + b"".join(int(d).to_bytes(4, "big") for d in array.shape)
     with gzip.open(path, "wb") as f:
-        f.write(header + array.astype(np.uint8).tobytes())
+        f.write(idx_bytes(array))
     return path
 
 
 @pytest.fixture
-def fake_fashion(tmp_path, monkeypatch):
-    """Serve small synthetic IDX files in place of the FashionMNIST downloads."""
+def fake_arrays(monkeypatch):
+    """Small synthetic IDX contents, made the expected contents of the four files."""
     rng = np.random.default_rng(0)
     arrays = {"train-images-idx3-ubyte.gz": rng.integers(0, 256, (6, 28, 28)),
               "train-labels-idx1-ubyte.gz": np.arange(6) % 10,
               "t10k-images-idx3-ubyte.gz": rng.integers(0, 256, (4, 28, 28)),
               "t10k-labels-idx1-ubyte.gz": np.array([9, 0, 3, 3])}
+    files = {key: (name, md5, hashlib.sha256(idx_bytes(arrays[name])).hexdigest())
+             for key, (name, md5, _) in d2ltvm.FASHION_MNIST_FILES.items()}
+    monkeypatch.setattr(d2ltvm, "FASHION_MNIST_FILES", files)
+    return arrays
+
+
+@pytest.fixture
+def fake_fashion(tmp_path, monkeypatch, fake_arrays):
+    """Serve the synthetic IDX files in place of the Fashion-MNIST downloads."""
     calls = []
 
     def fake_download(url, checksum, filename=None, folder=None, algorithm="sha256", timeout=60):
         name = url.rsplit("/", 1)[1]
         calls.append((url, checksum, algorithm))
-        return write_idx_gz(tmp_path / name, arrays[name])
+        return write_idx_gz(tmp_path / name, fake_arrays[name])
     monkeypatch.setattr(d2ltvm, "download", fake_download)
-    return arrays, calls
+    return fake_arrays, calls
+
+
+@pytest.fixture
+def local_copy(tmp_path, fake_arrays, monkeypatch):
+    """A folder holding the (synthetic) original files, re-gzipped; downloading is forbidden."""
+    def no_download(*args, **kwargs):
+        raise AssertionError("a local copy must not download anything")
+    monkeypatch.setattr(d2ltvm, "download", no_download)
+    for name, array in fake_arrays.items():
+        write_idx_gz(tmp_path / name, array)
+    return tmp_path
+
+
+def test_load_fashion_mnist_from_a_local_folder(local_copy, fake_arrays):
+    data = d2ltvm.load_fashion_mnist(local=local_copy)
+    np.testing.assert_allclose(data.train_images * 255, fake_arrays["train-images-idx3-ubyte.gz"], atol=1e-4)
+    np.testing.assert_array_equal(data.test_labels, [9, 0, 3, 3])
+
+
+def test_local_folder_checks_contents_not_gzip_bytes(local_copy, fake_arrays):
+    name = "t10k-labels-idx1-ubyte.gz"
+    with gzip.GzipFile(local_copy / name, "wb", compresslevel=1, mtime=12345) as f:  # other .gz bytes
+        f.write(idx_bytes(fake_arrays[name]))
+    np.testing.assert_array_equal(d2ltvm.load_fashion_mnist(local=local_copy).test_labels, [9, 0, 3, 3])
+    write_idx_gz(local_copy / name, np.array([9, 0, 3, 4]))  # same shape, other contents
+    with pytest.raises(ValueError, match=f"{local_copy / name} is not the original {name}: .* sha256"):
+        d2ltvm.load_fashion_mnist(local=local_copy)
+    (local_copy / name).write_bytes(b"plain text")
+    with pytest.raises(ValueError, match=f"{local_copy / name} is not a gzip file"):
+        d2ltvm.load_fashion_mnist(local=local_copy)
+    (local_copy / name).unlink()
+    with pytest.raises(FileNotFoundError, match=f"{name} not found in {local_copy}"):
+        d2ltvm.load_fashion_mnist(local=local_copy)
+
+
+def test_original_files_in_a_local_folder(fashion):
+    assert fashion.train_images.shape == (60000, 28, 28) and fashion.test_images.shape == (10000, 28, 28)
+    assert np.bincount(fashion.train_labels).tolist() == [6000] * 10
 
 
 def test_fashion_mnist_parsing(fake_fashion):
@@ -98,6 +174,10 @@ def test_fashion_mnist_parsing(fake_fashion):
     np.testing.assert_array_equal(data.test_labels, [9, 0, 3, 3])
     assert data.test_labels.dtype == np.int64
     assert len(calls) == 4 and all(alg == "md5" and len(md5) == 32 for _, md5, alg in calls)
+    published = ["8d4fb7e6c68d591d4c3dfef9ec88bf0d", "25c81989df183df01b3e8a0aad5dffbe",
+                 "bef4ecab320f06d8554ea6380940ec79", "bb300cfdad3c16e7a12a480ee83cd310"]
+    assert [md5 for _, md5, _ in calls] == published  # the checksums the authors publish
+    assert all(url.startswith("http://fashion-mnist.s3-website") for url, _, _ in calls)
 
 
 def test_load_mlp_data_uses_fashion_mnist_when_available(fake_fashion, capsys):
@@ -116,8 +196,8 @@ def test_read_idx_gz_rejects_bad_files(tmp_path):
         d2ltvm.read_idx_gz(tmp_path / "short.gz")
 
 
-def test_train_mlp_is_deterministic_and_shaped(digits):
-    x, y = digits.train_images[:200], digits.train_labels[:200]
+def test_train_mlp_is_deterministic_and_shaped(subset):
+    x, y = subset.test_images[:200], subset.test_labels[:200]
     first = d2ltvm.train_mlp(x, y, hidden=16, epochs=2)
     second = d2ltvm.train_mlp(x, y, hidden=16, epochs=2)
     assert {k: v.shape for k, v in first.items()} == {"w0": (16, 784), "b0": (16,), "w1": (10, 16), "b1": (10,)}
@@ -128,39 +208,43 @@ def test_train_mlp_is_deterministic_and_shaped(digits):
     assert not np.array_equal(other["w0"], first["w0"])
 
 
-def test_train_mlp_leaves_global_torch_state_alone(digits):
+def test_train_mlp_leaves_global_torch_state_alone(subset):
     import torch
     torch.manual_seed(123)
     expected = torch.rand(3)
     torch.manual_seed(123)
     threads = torch.get_num_threads()
-    d2ltvm.train_mlp(digits.train_images[:50], digits.train_labels[:50], hidden=8, epochs=1)
+    d2ltvm.train_mlp(subset.test_images[:50], subset.test_labels[:50], hidden=8, epochs=1)
     assert torch.equal(torch.rand(3), expected) and torch.get_num_threads() == threads
 
 
-def test_train_mlp_bad_input(digits):
+def test_train_mlp_bad_input(subset):
     with pytest.raises(ValueError, match="N labels"):
-        d2ltvm.train_mlp(digits.train_images[:10], digits.train_labels[:9])
+        d2ltvm.train_mlp(subset.test_images[:10], subset.test_labels[:9])
     with pytest.raises(ValueError, match="integers from 0 to 9"):
-        d2ltvm.train_mlp(digits.train_images[:10], np.full(10, 10))
+        d2ltvm.train_mlp(subset.test_images[:10], np.full(10, 10))
 
 
-def test_shipped_weights_are_what_the_recipe_makes(digits):
-    """Retraining with the chapter's recipe gives weights as accurate as data/mlp_digits.npz.
+def test_shipped_weights_accuracy_and_retraining_band(fashion):
+    """Retraining with the chapter's recipe on all 60,000 images lands within the band of the shipped weights.
 
     Not byte for byte: PyTorch's kernels round differently on other CPUs, and training grows that.
     """
-    x = digits.test_images.reshape(-1, 784)
-
     def accuracy(params):
-        return (d2ltvm.numpy_mlp(x, **params).argmax(axis=1) == digits.test_labels).mean()
+        scores = d2ltvm.numpy_mlp(fashion.test_images.reshape(-1, 784), **params)
+        return (scores.argmax(axis=1) == fashion.test_labels).mean()
 
-    shipped = accuracy(d2ltvm.load_mlp_params())
-    assert shipped > 0.95
-    assert abs(accuracy(d2ltvm.train_mlp(digits.train_images, digits.train_labels)) - shipped) <= 0.02
-    # a changed recipe is caught: one epoch instead of twenty lands far outside the band
-    assert abs(accuracy(d2ltvm.train_mlp(digits.train_images, digits.train_labels, epochs=1,
-                                         lr=0.001)) - shipped) > 0.02
+    assert abs(accuracy(d2ltvm.load_mlp_params()) - d2ltvm.MLP_TEST_ACCURACY) < 1e-3
+    retrained = accuracy(d2ltvm.train_mlp(fashion.train_images, fashion.train_labels))
+    assert abs(retrained - d2ltvm.MLP_TEST_ACCURACY) <= d2ltvm.MLP_ACCURACY_BAND, retrained
+    # a changed recipe is caught: the old learning rate 0.1 with fewer epochs lands outside the band
+    other = accuracy(d2ltvm.train_mlp(fashion.train_images, fashion.train_labels, epochs=2, lr=0.1))
+    assert abs(other - d2ltvm.MLP_TEST_ACCURACY) > d2ltvm.MLP_ACCURACY_BAND, other
+
+
+def test_shipped_weights_on_the_shipped_subset(subset):
+    scores = d2ltvm.numpy_mlp(subset.test_images.reshape(-1, 784), **d2ltvm.load_mlp_params())
+    assert 0.85 < (scores.argmax(axis=1) == subset.test_labels).mean() < 0.95
 
 
 def test_save_load_roundtrip_and_reproducible_bytes(tmp_path):
@@ -185,12 +269,12 @@ def test_load_mlp_params_missing_file(tmp_path):
 
 
 def test_load_mlp_params_corrupt_file(tmp_path):
-    broken = tmp_path / "mlp_digits.npz"
+    broken = tmp_path / "mlp_fashion.npz"
     shutil.copy(d2ltvm.mlp_params_path(), broken)
     raw = bytearray(broken.read_bytes())
     raw[1000] ^= 0xFF
     broken.write_bytes(bytes(raw))
-    with pytest.raises(ValueError, match="mlp_digits.npz has sha256 .* corrupt .* tools/make_mlp_weights.py"):
+    with pytest.raises(ValueError, match="mlp_fashion.npz has sha256 .* corrupt .*make_mlp_weights.py"):
         d2ltvm.load_mlp_params(broken)
 
 
