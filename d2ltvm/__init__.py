@@ -81,7 +81,8 @@ def host_target(runnable=True):
     target = tvm.target.Target(config)
     return check_target_runs_here(target) if runnable else target
 
-
+# ----------------------------------------------------------------------
+# Defined in chapters/getting_started/vector_add.ipynb
 def target_arch(target):
     """Return the architecture an LLVM target compiles for: 'x86_64', 'aarch64', ..."""
     triple = str(target.attrs.get("mtriple") or platform.machine())
@@ -118,7 +119,8 @@ def cpu_model():
         pass
     return platform.processor() or platform.machine()
 
-
+# ----------------------------------------------------------------------
+# Defined in chapters/getting_started/vector_add.ipynb
 def instruction_features(target):
     """Return the instruction-set extensions LLVM enables for TARGET (not its tuning flags)."""
     import re
@@ -512,7 +514,8 @@ def write_model_manifest(folder, name, paths):
     manifest.write_text(json.dumps({"files": files}, indent=1, sort_keys=True) + "\n")
     return manifest
 
-
+# ----------------------------------------------------------------------
+# Defined in chapters/compiling_models/resnet18.ipynb
 def verify_model_files(folder, name, filenames):
     """Check files against folder/name.manifest.json; raise CompiledModelError if one differs."""
     folder = pathlib.Path(folder)
@@ -559,7 +562,8 @@ def export_compiled_model(executable, weights, folder, name="model"):
     write_model_manifest(folder, name, [library, params])
     return library, params
 
-
+# ----------------------------------------------------------------------
+# Defined in chapters/compiling_models/resnet18.ipynb
 def load_compiled_model(folder, name="model", device=None):
     """Check and load the files of export_compiled_model; return (vm, weights) for vm["main"]."""
     import tvm
@@ -999,7 +1003,7 @@ FASHION_MNIST_FILES = {
 
 
 def read_idx_gz(path, sha256=None):
-    """Return the uint8 array in a gzipped IDX file (MNIST's format); check the contents' sha256 if given."""
+    """Return the uint8 array of a gzipped IDX file (MNIST's format); check SHA256 if given."""
     path = pathlib.Path(path)
     try:
         with gzip.open(path, "rb") as f:
@@ -1052,7 +1056,7 @@ FASHION_MNIST_SUBSET_SHA256 = "8eb704ac86b9eb75aa042599560a503fb30028419df5a0128
 
 
 def fashion_mnist_subset_indices(test_labels, per_class=200):
-    """Return the positions of the first `per_class` test images of each class, in test-set order."""
+    """Return the positions of the first `per_class` test images of each class, in order."""
     test_labels = np.asarray(test_labels)
     picked = [np.flatnonzero(test_labels == c)[:per_class] for c in range(10)]
     if any(len(p) < per_class for p in picked):
@@ -1077,7 +1081,8 @@ def load_fashion_mnist_subset(path=None, checksum=FASHION_MNIST_SUBSET_SHA256):
     return types.SimpleNamespace(
         name="fashion_mnist_subset", classes=list(FASHION_MNIST_CLASSES),
         train_images=None, train_labels=None, indices=indices.astype("int64"),
-        test_images=(images / np.float32(255)).astype("float32"), test_labels=labels.astype("int64"))
+        test_images=(images / np.float32(255)).astype("float32"),
+        test_labels=labels.astype("int64"))
 
 # ----------------------------------------------------------------------
 # Defined in chapters/relax/mlp_tensorir.ipynb
