@@ -151,837 +151,6 @@ def machine_facts(target=None):
             "cores": usable_cores(), "target": str(target)}
 
 # ----------------------------------------------------------------------
-# Defined in chapters/getting_started/downloads.ipynb
-import hashlib
-import os
-import pathlib
-import tempfile
-import urllib.parse
-import urllib.request
-
-
-def is_offline():
-    """Return True when D2LTVM_OFFLINE is 1 (or true/yes/on): then nothing in the book touches the network."""
-    return os.environ.get("D2LTVM_OFFLINE", "").strip().lower() in ("1", "true", "yes", "on")
-
-
-def cache_dir():
-    """Return the folder that caches downloads: $D2LTVM_CACHE, else ~/.cache/d2ltvm."""
-    return pathlib.Path(os.environ.get("D2LTVM_CACHE") or pathlib.Path.home() / ".cache" / "d2ltvm")
-
-# ----------------------------------------------------------------------
-# Defined in chapters/getting_started/downloads.ipynb
-def file_hash(path, algorithm="sha256", chunk_size=1 << 20):
-    """Return the hexadecimal digest (sha256 by default) of the file at `path`."""
-    digest = hashlib.new(algorithm)
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(chunk_size), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-# ----------------------------------------------------------------------
-# Defined in chapters/getting_started/downloads.ipynb
-class DownloadError(RuntimeError):
-    """A file could not be fetched, or a fetched or cached file does not have the expected checksum."""
-
-
-def download(url, checksum, filename=None, folder=None, algorithm="sha256", timeout=60):
-    """Return the path of a checksum-verified local copy of `url`, downloading it into the cache if needed."""
-    if algorithm not in hashlib.algorithms_available:
-        raise ValueError(f"unknown hash algorithm {algorithm!r}")
-    full = hashlib.new(algorithm).digest_size * 2
-    if (not isinstance(checksum, str) or not 8 <= len(checksum) <= full
-            or any(ch not in "0123456789abcdef" for ch in checksum.lower())):
-        raise ValueError(f"checksum must be the {algorithm} hex digest of the file (or at least its "
-                         f"first 8 digits), got {checksum!r}")
-    checksum = checksum.lower()
-    scheme = urllib.parse.urlparse(url).scheme
-    filename = filename or pathlib.PurePosixPath(urllib.parse.urlparse(url).path).name
-    if not filename:
-        raise ValueError(f"cannot tell a file name from {url!r}; pass filename=")
-    folder = pathlib.Path(folder) if folder is not None else cache_dir()
-    target = folder / filename
-    hint = f"download {url} yourself and save it as {target} ({algorithm} {checksum})"
-    if target.exists():
-        actual = file_hash(target, algorithm)
-        if actual.startswith(checksum):
-            return target
-        raise DownloadError(f"{target} exists but its {algorithm} is {actual}, not {checksum}: "
-                            f"it is corrupt or a different file. Delete it to download again, or {hint}")
-    if scheme != "file" and is_offline():
-        raise DownloadError(f"{filename} is not cached and D2LTVM_OFFLINE=1 forbids network access: {hint}")
-    folder.mkdir(parents=True, exist_ok=True)
-    fd, partial = tempfile.mkstemp(prefix=filename + ".", suffix=".part", dir=folder)
-    try:
-        digest = hashlib.new(algorithm)
-        with os.fdopen(fd, "wb") as out, urllib.request.urlopen(url, timeout=timeout) as response:
-            for chunk in iter(lambda: response.read(1 << 20), b""):
-                digest.update(chunk)
-                out.write(chunk)
-        if not digest.hexdigest().startswith(checksum):
-            raise DownloadError(f"{url} was downloaded but its {algorithm} is {digest.hexdigest()}, "
-                                f"not {checksum}; nothing was saved. If the file changed upstream, {hint}")
-        os.replace(partial, target)
-    except DownloadError:
-        raise
-    except Exception as err:
-        raise DownloadError(f"could not download {filename} ({type(err).__name__}: {err}): {hint}") from err
-    finally:
-        if os.path.exists(partial):
-            os.remove(partial)
-    return target
-
-# ----------------------------------------------------------------------
-# Defined in chapters/compiling_models/resnet18.ipynb
-import sys
-import warnings
-
-_TORCHVISION_SCHEMAS = []  # keeps the operator schemas declared by import_torchvision alive
-
-
-def import_torchvision():
-    """Import and return torchvision; if its compiled ops are missing (CUDA wheel, CPU torch), declare their schemas first."""
-    import torch
-    try:
-        import torchvision
-    except RuntimeError as err:
-        if "torchvision::nms" not in str(err):
-            raise
-        # Forget the half-imported package, declare the two operators its Python code refers to,
-        # and import again. No kernel is registered: torchvision.ops.nms itself stays unusable.
-        for name in [n for n in sys.modules if n == "torchvision" or n.startswith("torchvision.")]:
-            del sys.modules[name]
-        library = torch.library.Library("torchvision", "DEF")
-        library.define("nms(Tensor dets, Tensor scores, float iou_threshold) -> Tensor")
-        library.define("qnms(Tensor dets, Tensor scores, float iou_threshold) -> Tensor")
-        _TORCHVISION_SCHEMAS.append(library)
-        import torchvision
-    return torchvision
-
-# ----------------------------------------------------------------------
-# Defined in chapters/compiling_models/resnet18.ipynb
-import platform
-
-
-class MXNetUnavailable(ImportError):
-    """MXNet cannot be imported on this machine; the message says why."""
-
-
-def import_mxnet():
-    """Import and return mxnet 1.9.1 (restoring numpy.bool first); else raise MXNetUnavailable."""
-    import importlib.util
-    import numpy
-    where = f"{platform.system()} {platform.machine()}"
-    if importlib.util.find_spec("mxnet") is None:
-        how = ("`pip install mxnet==1.9.1` adds it" if platform.system() == "Linux"
-               else "the book's requirements.txt therefore leaves it out here")
-        raise MXNetUnavailable(
-            f"MXNet is not installed on this machine ({where}). Its last release, 1.9.1, has "
-            f"wheels for Linux (x86-64 and aarch64) only; {how}")
-    if "bool" not in numpy.__dict__:
-        numpy.bool = bool  # exactly what numpy.bool was before numpy 1.24
-    torch = sys.modules.get("torch")
-    threads = torch.get_num_threads() if torch is not None else None
-    try:
-        with warnings.catch_warnings():  # MXNet's own uses of APIs numpy and distutils deprecated
-            warnings.simplefilter("ignore", DeprecationWarning)
-            import mxnet
-    except (ImportError, OSError) as err:  # e.g. its native library fails to load
-        raise MXNetUnavailable(f"MXNet is installed but does not import on this machine "
-                               f"({where}): {type(err).__name__}: {err}") from err
-    finally:
-        if threads is not None:
-            torch.set_num_threads(threads)  # importing mxnet sets the OpenMP thread count to 1
-    return mxnet
-
-# ----------------------------------------------------------------------
-# Defined in chapters/compiling_models/resnet18.ipynb
-import pathlib
-import urllib.parse
-
-RESNET18_URL = "https://download.pytorch.org/models/resnet18-f37072fd.pth"
-RESNET18_SHA256_PREFIX = "f37072fd"  # torchvision publishes only these 8 hex digits
-
-
-def load_resnet18(folder=None, url=RESNET18_URL, checksum=RESNET18_SHA256_PREFIX, seed=0):
-    """Return (model, pretrained): torchvision's ResNet-18 in eval mode, with ImageNet weights if available, else seeded random ones."""
-    import torch
-    models = import_torchvision().models
-    filename = pathlib.PurePosixPath(urllib.parse.urlparse(url).path).name
-    cached = (pathlib.Path(folder) if folder is not None else cache_dir()) / filename
-    if cached.exists():
-        path = download(url, checksum, folder=folder)  # verifies it; a damaged file raises DownloadError
-    else:
-        try:
-            path = download(url, checksum, folder=folder)
-        except DownloadError as err:
-            reason = "offline" if is_offline() else str(err)
-            print(f"notice: pretrained ResNet-18 weights unavailable ({reason}): using seeded random "
-                  f"weights (seed {seed}), so the predicted labels are meaningless. To use the real "
-                  f"ones, save {url} into d2ltvm.cache_dir()")
-            with torch.random.fork_rng(devices=[]):  # leave the caller's random state alone
-                torch.manual_seed(seed)
-                return models.resnet18(weights=None).eval(), False
-    model = models.resnet18(weights=None)
-    try:
-        model.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
-    except Exception as err:
-        raise ValueError(f"{path} has the expected checksum but is not a ResNet-18 state dict "
-                         f"({type(err).__name__}: {err})") from err
-    return model.eval(), True
-
-# ----------------------------------------------------------------------
-# Defined in chapters/compiling_models/resnet18.ipynb
-def imagenet_labels():
-    """Return the names of the 1000 ImageNet-1k classes, in the order of the networks' outputs."""
-    models = import_torchvision().models
-    return list(models.ResNet18_Weights.IMAGENET1K_V1.meta["categories"])
-
-# ----------------------------------------------------------------------
-# Defined in chapters/compiling_models/resnet18.ipynb
-def load_sample_image():
-    """Return matplotlib's sample photo grace_hopper.jpg (512x600, RGB) as a PIL image."""
-    import matplotlib.cbook
-    from PIL import Image
-    with Image.open(matplotlib.cbook.get_sample_data("grace_hopper.jpg", asfileobj=False)) as image:
-        return image.convert("RGB")
-
-# ----------------------------------------------------------------------
-# Defined in chapters/compiling_models/resnet18.ipynb
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
-_RGB_CONVERTIBLE = ("RGB", "L", "1", "P", "CMYK", "YCbCr")
-_WITH_ALPHA = ("RGBA", "RGBa", "LA", "PA")
-
-
-def image_to_rgb(image):
-    """Return a PIL image or uint8 array as an RGB PIL image, compositing transparency over white; refuse ambiguous modes."""
-    from PIL import Image
-    if isinstance(image, np.ndarray):
-        if image.dtype != np.uint8:
-            raise ValueError(f"expected 8-bit pixels (uint8, 0-255), got an array of dtype {image.dtype}: "
-                             "scale it to 0-255 and convert it with .astype(np.uint8) first")
-        if image.ndim == 3 and image.shape[2] == 1:
-            image = image[:, :, 0]
-        if not (image.ndim == 2 or (image.ndim == 3 and image.shape[2] in (3, 4))):
-            raise ValueError(f"expected an array of shape (height, width), (height, width, 3) or "
-                             f"(height, width, 4), got {image.shape}")
-        image = Image.fromarray(image)
-    elif not isinstance(image, Image.Image):
-        raise TypeError(f"expected a PIL image or a numpy uint8 array, got {type(image).__name__}")
-    if min(image.size) == 0:
-        raise ValueError(f"the image has no pixels (size {image.size})")
-    if image.mode == "P" and "transparency" in image.info:
-        image = image.convert("RGBA")
-    if image.mode in _WITH_ALPHA:
-        white = Image.new("RGBA", image.size, (255, 255, 255, 255))
-        return Image.alpha_composite(white, image.convert("RGBA")).convert("RGB")
-    if image.mode in _RGB_CONVERTIBLE:
-        return image.convert("RGB")
-    raise ValueError(f"image mode {image.mode!r} is not supported: it is not an 8-bit color or grayscale "
-                     f"mode, and mapping its values to 0-255 is a choice to make explicitly (for example "
-                     f"rescale to 8 bits and convert to 'L' or 'RGB') before calling this function")
-
-
-def image_preprocessing(image, size=224, resize=256):
-    """Return a (1, 3, size, size) float32 NCHW array: shorter side resized, center crop, ImageNet mean/std."""
-    from PIL import Image
-    if not (isinstance(size, int) and isinstance(resize, int) and 0 < size <= resize):
-        raise ValueError(f"need integers 0 < size <= resize, got size={size!r}, resize={resize!r}")
-    image = image_to_rgb(image)
-    width, height = image.size
-    # The shorter side becomes `resize`; the longer one keeps the aspect ratio (rounded down).
-    if width <= height:
-        new_size = (resize, int(resize * height / width))
-    else:
-        new_size = (int(resize * width / height), resize)
-    image = image.resize(new_size, Image.BILINEAR)
-    left = int(round((new_size[0] - size) / 2.0))
-    top = int(round((new_size[1] - size) / 2.0))
-    image = image.crop((left, top, left + size, top + size))
-    pixels = np.asarray(image, dtype="float32") / 255  # height x width x 3, values in [0, 1]
-    pixels = (pixels - np.array(IMAGENET_MEAN, "float32")) / np.array(IMAGENET_STD, "float32")
-    return np.ascontiguousarray(pixels.transpose(2, 0, 1)[np.newaxis], dtype="float32")
-
-# ----------------------------------------------------------------------
-# Defined in chapters/compiling_models/resnet18.ipynb
-def top_predictions(logits, labels, k=5):
-    """Return the k most likely (label, probability) pairs for one row of logits, by softmax."""
-    scores = np.asarray(logits, dtype="float64").reshape(-1)
-    if scores.size != len(labels):
-        raise ValueError(f"got {scores.size} scores for {len(labels)} labels")
-    probabilities = np.exp(scores - scores.max())
-    probabilities /= probabilities.sum()
-    best = np.argsort(-probabilities, kind="stable")[:k]
-    return [(labels[i], float(probabilities[i])) for i in best]
-
-# ----------------------------------------------------------------------
-# Defined in chapters/compiling_models/resnet18.ipynb
-MXNET_RESNET18_V2_SHA1 = "a81db45fd7b7a2d12ab97cd88ef0a5ac48b8f657"  # from mxnet's model_store.py
-MXNET_MODEL_ZOO = "https://apache-mxnet.s3-accelerate.dualstack.amazonaws.com/gluon/models/"
-
-
-def load_mxnet_resnet18_v2(folder=None, sha1=MXNET_RESNET18_V2_SHA1, seed=0):
-    """Return (net, pretrained): MXNet's model-zoo resnet18_v2, with ImageNet weights if available, else seeded random ones."""
-    mx = import_mxnet()
-    folder = pathlib.Path(folder) if folder is not None else cache_dir()
-    stem = f"resnet18_v2-{sha1[:8]}"
-    url = MXNET_MODEL_ZOO + stem + ".zip"  # a zip archive holding {stem}.params
-    cached = folder / f"{stem}.params"
-    net = mx.gluon.model_zoo.vision.resnet18_v2(pretrained=False)
-    if cached.exists():
-        path = download(url, sha1, filename=cached.name, folder=folder, algorithm="sha1")  # verifies it
-    else:
-        try:
-            if is_offline():
-                raise DownloadError("offline")
-            try:  # MXNet's downloader unzips the archive and checks the published SHA-1
-                mx.gluon.model_zoo.model_store.get_model_file("resnet18_v2", root=str(folder))
-            except Exception as err:
-                raise DownloadError(f"could not download {url} ({type(err).__name__}: {err})") from err
-            path = download(url, sha1, filename=cached.name, folder=folder, algorithm="sha1")
-        except DownloadError as err:
-            reason = "offline" if is_offline() else str(err)
-            print(f"notice: pretrained resnet18_v2 weights unavailable ({reason}): using seeded random "
-                  f"weights (seed {seed}), so the predicted labels are meaningless. To use the real "
-                  f"ones, unzip {url} into d2ltvm.cache_dir()")
-            mx.random.seed(seed)
-            net.initialize(mx.init.Xavier())
-            net(mx.nd.zeros((1, 3, 32, 32)))  # draw the weights now (Gluon defers it to the first call)
-            return net, False
-    try:
-        net.load_parameters(str(path))
-    except Exception as err:
-        raise ValueError(f"{path} has the expected checksum but does not hold resnet18_v2 parameters "
-                         f"({type(err).__name__}: {err})") from err
-    return net, True
-
-# ----------------------------------------------------------------------
-# Defined in chapters/compiling_models/resnet18.ipynb
-import contextlib
-import os
-import tempfile
-
-
-@contextlib.contextmanager
-def drop_native_log_lines(*fragments):
-    """Hide the lines containing any of `fragments` that C++ code writes to file descriptor 2; pass the others on."""
-    # Python's sys.stderr cannot silence output that C++ writes to the descriptor itself, so the
-    # descriptor is pointed at a temporary file meanwhile; every other line is passed on.
-    sys.stderr.flush()
-    saved_stderr = os.dup(2)
-    with tempfile.TemporaryFile() as log:
-        os.dup2(log.fileno(), 2)
-        try:
-            yield
-        finally:
-            os.dup2(saved_stderr, 2)
-            os.close(saved_stderr)
-            log.seek(0)
-            kept = [line for line in log.read().decode(errors="replace").splitlines()
-                    if not any(fragment in line for fragment in fragments)]
-            if kept:
-                print("\n".join(kept), file=sys.stderr)
-
-
-def hide_tvm_scope_logs():
-    """Drop the 'Scope Saving/Loaded' lines TVM's C++ runtime writes to file descriptor 2 while (de)serializing a VM."""
-    return drop_native_log_lines("Scope Saving:", "Scope Loaded:")
-
-
-def main_argument_names(executable_or_module):
-    """Return the names of the arguments of the function `main` of a compiled Relax executable or loaded library."""
-    import tvm
-    from tvm import relax
-    vm = relax.VirtualMachine(executable_or_module, tvm.cpu())
-    arity = vm.module["get_function_arity"]("main")
-    return [vm.module["get_function_param_name"]("main", i) for i in range(arity)]
-
-# ----------------------------------------------------------------------
-# Defined in chapters/compiling_models/resnet18.ipynb
-import json
-
-
-class CompiledModelError(ValueError):
-    """The files of an exported model are damaged, incomplete or do not belong together."""
-
-
-def write_model_manifest(folder, name, paths):
-    """Record the size and SHA-256 of each of `paths` in folder/name.manifest.json."""
-    files = {path.name: {"bytes": path.stat().st_size, "sha256": file_hash(path)}
-             for path in map(pathlib.Path, paths)}
-    manifest = pathlib.Path(folder) / f"{name}.manifest.json"
-    manifest.write_text(json.dumps({"files": files}, indent=1, sort_keys=True) + "\n")
-    return manifest
-
-# ----------------------------------------------------------------------
-# Defined in chapters/compiling_models/resnet18.ipynb
-def verify_model_files(folder, name, filenames):
-    """Check files against folder/name.manifest.json; raise CompiledModelError if one differs."""
-    folder = pathlib.Path(folder)
-    manifest = folder / f"{name}.manifest.json"
-    if not manifest.exists():
-        raise CompiledModelError(f"{manifest} is missing, so the files of {name!r} cannot be "
-                                 "checked before loading: export the model again")
-    try:
-        files = json.loads(manifest.read_text())["files"]
-        records = {f: (int(files[f]["bytes"]), str(files[f]["sha256"])) for f in filenames}
-    except (ValueError, KeyError, TypeError) as err:
-        raise CompiledModelError(f"{manifest} is damaged or does not describe "
-                                 f"{', '.join(filenames)} ({type(err).__name__}: {err})") from None
-    for filename, (size, sha256) in records.items():
-        path = folder / filename
-        if not path.exists():
-            raise CompiledModelError(f"{path} is missing")
-        actual = path.stat().st_size
-        if actual != size:
-            what = "truncated" if actual < size else "longer than written"
-            raise CompiledModelError(f"{path} is {what}: it has {actual:,} bytes, the "
-                                     f"manifest records {size:,} bytes (size mismatch)")
-        if file_hash(path) != sha256:
-            raise CompiledModelError(f"{path} is damaged: its SHA-256 differs from the one the "
-                                     "manifest records (checksum mismatch)")
-
-# ----------------------------------------------------------------------
-# Defined in chapters/compiling_models/resnet18.ipynb
-def export_compiled_model(executable, weights, folder, name="model"):
-    """Write name.so (kernels, VM code), name.params (weights), name.manifest.json; return paths."""
-    import tvm
-    folder = pathlib.Path(folder)
-    folder.mkdir(parents=True, exist_ok=True)
-    weights = list(weights)
-    names = main_argument_names(executable)
-    if len(weights) >= len(names):
-        raise ValueError(f"main takes {len(names)} arguments, so it cannot take {len(weights)} "
-                         "weights after at least one input")
-    library, params = folder / f"{name}.so", folder / f"{name}.params"
-    (folder / f"{name}.manifest.json").unlink(missing_ok=True)  # stale until rewritten below
-    with hide_tvm_scope_logs():
-        executable.export_library(str(library))
-    tvm.runtime.save_param_dict_to_file(dict(zip(names[-len(weights):], weights)), str(params))
-    write_model_manifest(folder, name, [library, params])
-    return library, params
-
-# ----------------------------------------------------------------------
-# Defined in chapters/compiling_models/resnet18.ipynb
-def load_compiled_model(folder, name="model", device=None):
-    """Check and load the files of export_compiled_model; return (vm, weights) for vm["main"]."""
-    import tvm
-    from tvm import relax
-    folder = pathlib.Path(folder)
-    library, params = folder / f"{name}.so", folder / f"{name}.params"
-    for path in (library, params):
-        if not path.exists():
-            raise FileNotFoundError(f"{path} does not exist: write it with "
-                                    f"export_compiled_model(..., name={name!r})")
-    verify_model_files(folder, name, [library.name, params.name])  # before dlopen sees the library
-    with hide_tvm_scope_logs():
-        module = tvm.runtime.load_module(str(library))
-    names = main_argument_names(module)
-    saved = dict(tvm.runtime.load_param_dict_from_file(str(params)))
-    first = len(names) - len(saved)
-    if first < 1 or sorted(names[first:]) != sorted(saved):
-        raise CompiledModelError(f"{params.name} holds weights named {sorted(saved)[:3]}..., but "
-                                 f"main's arguments are {names[:3]}...: the files do not belong "
-                                 "together")
-    vm = relax.VirtualMachine(module, device or tvm.cpu())
-    return vm, [saved[n] for n in names[first:]]
-
-# ----------------------------------------------------------------------
-# Defined in chapters/compiling_models/keras_mnist.ipynb
-def import_keras():
-    """Import and return Keras 3 on the torch backend, refusing if it already runs on another one."""
-    import os
-    import sys
-    if "keras" not in sys.modules:
-        backend = os.environ.setdefault("KERAS_BACKEND", "torch")
-        if backend != "torch":
-            raise RuntimeError(f"KERAS_BACKEND is {backend!r}, but d2ltvm runs Keras on the torch "
-                               "backend: unset it or set it to 'torch' before starting Python")
-    import keras
-    if keras.backend.backend() != "torch":
-        raise RuntimeError(f"keras was already imported with the {keras.backend.backend()!r} backend; "
-                           "restart Python and call d2ltvm.import_keras() before importing keras")
-    return keras
-
-# ----------------------------------------------------------------------
-# Defined in chapters/compiling_models/keras_mnist.ipynb
-MNIST_NPZ_URL = "https://storage.googleapis.com/tensorflow/tf-keras-datasets/mnist.npz"
-MNIST_NPZ_SHA256 = "731c5ac602752760c8e48fbffcf8c3b850d9dc2a2aedcf2cc48468fc17b673d1"
-
-
-def load_mnist_or_digits(n_test=500, seed=0, stand_in=False):
-    """Return (x_train, y_train), (x_test, y_test), source: MNIST, or upsampled scikit-learn
-    digits where MNIST cannot be downloaded or stand_in=True (what the book's shipped CNN
-    weights were trained on)."""
-    import numpy as np
-    if not stand_in:
-        try:
-            with np.load(download(MNIST_NPZ_URL, MNIST_NPZ_SHA256), allow_pickle=False) as f:
-                data = {k: f[k] for k in ("x_train", "y_train", "x_test", "y_test")}
-            images = {k: (data[k].astype("float32") / 255)[..., None]
-                      for k in ("x_train", "x_test")}
-            return ((images["x_train"], data["y_train"].astype("int64")),
-                    (images["x_test"], data["y_test"].astype("int64")), "MNIST")
-        except DownloadError as err:
-            print(f"MNIST unavailable ({str(err).split(':')[0]}): using scikit-learn's 8x8 "
-                  "handwritten digits, enlarged to 28x28, as a stand-in")
-    from PIL import Image
-    from sklearn.datasets import load_digits
-    digits = load_digits()
-    images = np.zeros((len(digits.images), 28, 28), dtype="float32")
-    for i, image in enumerate(digits.images):  # values 0..16 -> a 20x20 digit centred in 28x28
-        small = Image.fromarray((image / 16).astype("float32"), mode="F")
-        images[i, 4:24, 4:24] = np.asarray(small.resize((20, 20), Image.BILINEAR))
-    images = np.clip(images, 0, 1)[..., None]
-    labels = digits.target.astype("int64")
-    order = np.random.default_rng(seed).permutation(len(images))
-    train, test = order[:-n_test], order[-n_test:]
-    return (images[train], labels[train]), (images[test], labels[test]), "scikit-learn digits"
-
-# ----------------------------------------------------------------------
-# Defined in chapters/compiling_models/keras_mnist.ipynb
-def keras_mnist_cnn(input_shape=(28, 28, 1), hidden=128, num_classes=10):
-    """Return the classic Keras MNIST CNN (conv 32, conv 64, max pool, dense), built from keras.Input."""
-    keras = import_keras()
-    from keras import layers
-    return keras.Sequential([
-        keras.Input(shape=input_shape),
-        layers.Conv2D(32, kernel_size=3, activation="relu"),
-        layers.Conv2D(64, kernel_size=3, activation="relu"),
-        layers.MaxPooling2D(pool_size=2),
-        layers.Dropout(0.25),
-        layers.Flatten(),
-        layers.Dense(hidden, activation="relu"),
-        layers.Dropout(0.5),
-        layers.Dense(num_classes, activation="softmax"),
-    ])
-
-# ----------------------------------------------------------------------
-# Defined in chapters/compiling_models/keras_mnist.ipynb
-def train_keras_cnn(x_train, y_train, epochs=5, batch_size=64, seed=0, threads=2):
-    """Train a fresh keras_mnist_cnn() with the chapter's recipe; return (model, history)."""
-    import torch
-    keras = import_keras()
-    saved_threads = torch.get_num_threads()
-    torch.set_num_threads(threads)  # how a sum is split between threads changes its rounding
-    try:
-        keras.utils.set_random_seed(seed)  # Python, numpy, torch: first weights, batch order
-        model = keras_mnist_cnn()
-        model.compile(optimizer="adam", loss="sparse_categorical_crossentropy",
-                      metrics=["accuracy"])
-        history = model.fit(x_train, y_train, batch_size=batch_size, epochs=epochs, verbose=0)
-    finally:
-        torch.set_num_threads(saved_threads)
-    return model, history
-
-# ----------------------------------------------------------------------
-# Defined in chapters/compiling_models/keras_mnist.ipynb
-import pathlib
-import zipfile
-
-KERAS_CNN_WEIGHTS_SHA256 = "8dce19228528862c9a36a2663a47572a3b3a260021e9d73fe87b0d65d4bab29e"
-KERAS_CNN_DIGITS_ACCURACY = 0.968  # shipped weights, on load_mnist_or_digits()'s test images
-KERAS_CNN_ACCURACY_BAND = 0.03  # how far a network retrained by the recipe may land from that
-
-
-def keras_weight_names(model):
-    """Name a built Keras model's weights by layer index, class and role: 0_Conv2D_kernel."""
-    if not getattr(model, "built", False) or not getattr(model, "inputs", None):
-        raise ValueError(f"model {getattr(model, 'name', model)!r} was never built, so it has no "
-                         "weights to save or load: start it with keras.Input(shape=...)")
-    return [f"{i}_{type(layer).__name__}_{weight.name}"
-            for i, layer in enumerate(model.layers) for weight in layer.weights]
-
-
-def save_keras_weights(model, path):
-    """Save a built Keras model's weights as an .npz file whose bytes depend only on the values."""
-    import io
-    import numpy as np
-    arrays = [a for layer in model.layers for a in layer.get_weights()]
-    with zipfile.ZipFile(path, "w", zipfile.ZIP_STORED) as archive:
-        for name, array in zip(keras_weight_names(model), arrays):
-            buffer = io.BytesIO()
-            np.lib.format.write_array(buffer, np.ascontiguousarray(array))
-            # a fixed time stamp and system (np.savez stores the time): equal weights, equal bytes
-            info = zipfile.ZipInfo(name + ".npy", date_time=(1980, 1, 1, 0, 0, 0))
-            info.create_system = 3
-            archive.writestr(info, buffer.getvalue())
-    return pathlib.Path(path)
-
-
-def keras_cnn_weights_path():
-    """Return the path of the CNN weights the book ships: data/keras_cnn_digits.npz."""
-    import d2ltvm
-    return pathlib.Path(d2ltvm.__file__).resolve().parent.parent / "data" / "keras_cnn_digits.npz"
-
-# ----------------------------------------------------------------------
-# Defined in chapters/compiling_models/keras_mnist.ipynb
-def load_keras_cnn_weights(model=None, path=None, checksum=KERAS_CNN_WEIGHTS_SHA256):
-    """Load the book's CNN weights (sha256-checked) into a built keras_mnist_cnn(); return it."""
-    import numpy as np
-    path = keras_cnn_weights_path() if path is None else pathlib.Path(path)
-    remake = "regenerate it with `python tools/train_keras_cnn.py` in the book's folder"
-    if not path.is_file():
-        raise FileNotFoundError(f"Keras CNN weights {path.name} not found at {path}: {remake}")
-    actual = file_hash(path) if checksum is not None else None
-    if actual is not None and not actual.startswith(checksum.lower()):
-        raise ValueError(f"{path.name} has sha256 {actual}, not {checksum}: the file is corrupt "
-                         f"or was made by another recipe; {remake}")
-    model = keras_mnist_cnn() if model is None else model
-    names = keras_weight_names(model)
-    try:
-        with np.load(path, allow_pickle=False) as archive:
-            stored = {name: archive[name] for name in archive.files}
-    except (ValueError, OSError, zipfile.BadZipFile) as err:
-        raise ValueError(f"{path.name} is not an .npz file of weights: {err}") from err
-    if sorted(stored) != sorted(names):
-        raise ValueError(f"{path.name} holds the weights {sorted(stored)}, but the model "
-                         f"{model.name!r} has {names}")
-    weights = [(layer, w) for layer in model.layers for w in layer.weights]
-    for (layer, weight), name in zip(weights, names):  # check every shape before loading any
-        if tuple(weight.shape) != stored[name].shape:
-            raise ValueError(f"{path.name}: {weight.name} of layer {layer.name!r} has shape "
-                             f"{stored[name].shape}, the model's has {tuple(weight.shape)}")
-    for layer in model.layers:
-        layer.set_weights([stored[names.pop(0)] for _ in layer.weights])
-    return model
-
-# ----------------------------------------------------------------------
-# Defined in chapters/compiling_models/keras_mnist.ipynb
-class KerasToRelax:
-    """Translate a built chain of Keras layers into a Relax IRModule whose weights are constants."""
-
-    SUPPORTED = ("InputLayer", "Conv2D", "MaxPooling2D", "AveragePooling2D", "Dropout",
-                 "Flatten", "Dense", "Activation", "ReLU", "Softmax")
-    ACTIVATIONS = ("linear", "relu", "sigmoid", "tanh", "softmax")
-
-    def __init__(self, layout="NHWC", batch_size=1):
-        if layout not in ("NHWC", "NCHW"):
-            raise ValueError(f"layout must be 'NHWC' (Keras' own) or 'NCHW', got {layout!r}")
-        if not isinstance(batch_size, int) or isinstance(batch_size, bool) or batch_size < 1:
-            raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
-        self.layout, self.batch_size = layout, batch_size
-
-    def convert(self, model):
-        """Return an IRModule whose function `main` computes `model` on one input batch."""
-        from tvm import relax
-        layers = self._chain(model)
-        for layer in layers:  # refuse early, before any IR exists
-            self.check(layer)
-        spec = model.inputs[0]
-        if str(spec.dtype) != "float32":
-            raise NotImplementedError(f"from_keras handles float32 inputs, the model takes {spec.dtype}")
-        shape = (self.batch_size,) + tuple(spec.shape[1:])
-        if any(d is None for d in shape):
-            raise ValueError(f"the model's input shape {tuple(spec.shape)} has unknown dimensions "
-                             "besides the batch: give keras.Input a complete shape")
-        self.current = None  # the layout of the tensor in flight when it is 4-D
-        if len(shape) == 4:
-            self.current = self.layout
-            if self.layout == "NCHW":
-                shape = (shape[0], shape[3], shape[1], shape[2])
-        x = relax.Var(spec.name, relax.TensorType(shape, "float32"))
-        self.bb = bb = relax.BlockBuilder()
-        with bb.function("main", [x]):
-            with bb.dataflow():
-                y = x
-                for layer in layers:
-                    y = self.convert_layer(layer, y)
-                out = bb.emit_output(self.to_layout(y, self.layout))
-            bb.emit_func_output(out)
-        return bb.get()
-
-    def check(self, layer):
-        """Raise NotImplementedError, naming the layer, if it or one of its settings is not handled."""
-        kind = type(layer).__name__
-        where = f"layer {layer.name!r} ({kind})"
-        if not hasattr(self, "convert_" + kind):
-            raise NotImplementedError(f"{where} is not supported by from_keras; "
-                                      f"supported: {', '.join(self.SUPPORTED)}")
-        cfg = layer.get_config()
-        if cfg.get("data_format", "channels_last") != "channels_last":
-            raise NotImplementedError(f"{where} uses data_format={cfg['data_format']!r}; "
-                                      "from_keras expects channels_last")
-        if cfg.get("groups", 1) != 1:
-            raise NotImplementedError(f"{where} has groups={cfg['groups']}; from_keras handles groups=1")
-        if "activation" in cfg and cfg["activation"] not in self.ACTIVATIONS:
-            raise NotImplementedError(f"{where} uses activation {cfg['activation']!r}; "
-                                      f"from_keras supports {', '.join(self.ACTIVATIONS)}")
-        if kind == "ReLU" and (cfg.get("max_value") is not None or cfg.get("negative_slope")
-                               or cfg.get("threshold")):
-            raise NotImplementedError(f"{where} sets max_value, negative_slope or threshold; "
-                                      "from_keras handles the plain ReLU only")
-        if kind == "Softmax" and not isinstance(cfg.get("axis", -1), int):
-            raise NotImplementedError(f"{where} normalizes over several axes {cfg['axis']}; "
-                                      "from_keras handles one axis")
-
-    def convert_layer(self, layer, y):
-        """Dispatch one layer to the method named convert_<its class name>."""
-        return getattr(self, "convert_" + type(layer).__name__)(layer, y)
-
-    @staticmethod
-    def _chain(model):
-        """Return the model's layers in order, after checking that they form a built chain."""
-        if not hasattr(model, "layers") or not hasattr(model, "get_config"):
-            raise TypeError(f"from_keras expects a Keras model, got {type(model).__name__}")
-        if not getattr(model, "built", False) or not getattr(model, "inputs", None):
-            raise ValueError(f"model {getattr(model, 'name', model)!r} was never built, so it has no input "
-                             "shape and no weights: start it with keras.Input(shape=...) or call "
-                             "model.build((None, *input_shape)), then train it or load weights")
-        if len(model.inputs) != 1 or len(model.outputs) != 1:
-            raise NotImplementedError("from_keras handles models with one input and one output")
-        import keras
-        sequential = isinstance(model, keras.Sequential)  # a chain by construction
-        prev, layers = model.inputs[0], []
-        for layer in model.layers:  # a Sequential model lists no InputLayer; a functional one does
-            if type(layer).__name__ != "InputLayer":
-                if not sequential and layer.input is not prev:
-                    raise NotImplementedError(f"layer {layer.name!r} does not take the previous layer's "
-                                              "output: from_keras handles chains of layers only")
-                prev = layer.output
-            layers.append(layer)
-        if not sequential and model.outputs[0] is not prev:
-            raise NotImplementedError("the model's output is not its last layer's: from_keras handles "
-                                      "chains of layers only")
-        return layers
-
-    # ---- helpers --------------------------------------------------------------------------
-    def emit(self, expr, layer):
-        """Emit expr into the dataflow block, naming its variable after the Keras layer."""
-        return self.bb.emit(expr, name_hint=layer.name.replace("-", "_").replace("/", "_"))
-
-    @staticmethod
-    def shape(y):
-        return [int(d) for d in y.ty.shape]
-
-    def to_layout(self, y, layout):
-        """Transpose a 4-D tensor in flight into `layout` (a no-op if it is there already)."""
-        from tvm import relax
-        if len(self.shape(y)) != 4 or self.current == layout:
-            return y
-        axes = [0, 2, 3, 1] if layout == "NHWC" else [0, 3, 1, 2]
-        self.current = layout
-        return self.bb.emit(relax.op.permute_dims(y, axes), name_hint="to_" + layout.lower())
-
-    def channel_axis(self, y):
-        return 1 if len(self.shape(y)) == 4 and self.current == "NCHW" else len(self.shape(y)) - 1
-
-    def activation(self, name, y, layer):
-        """Apply the Keras activation called `name` to y."""
-        from tvm import relax
-        if name == "linear":
-            return y
-        if name == "softmax":
-            return self.emit(relax.op.nn.softmax(y, axis=self.channel_axis(y)), layer)
-        op = {"relu": relax.op.nn.relu, "sigmoid": relax.op.sigmoid, "tanh": relax.op.tanh}[name]
-        return self.emit(op(y), layer)
-
-    def add_bias(self, y, bias, layer):
-        from tvm import relax
-        shape = [1] * len(self.shape(y))
-        shape[self.channel_axis(y)] = -1
-        return self.emit(relax.op.add(y, relax.const(bias.reshape(shape), "float32")), layer)
-
-    def same_padding(self, y, kernel, strides, dilation=(1, 1)):
-        """Keras' 'same' padding as (top, left, bottom, right): any odd pixel goes after."""
-        n, *spatial = self.shape(y)
-        size = spatial[:2] if self.current == "NHWC" else spatial[1:]
-        before, after = [], []
-        for length, k, s, d in zip(size, kernel, strides, dilation):
-            out = -(-length // s)
-            total = max(0, (out - 1) * s + (k - 1) * d + 1 - length)
-            before.append(total // 2)
-            after.append(total - total // 2)
-        return tuple(before + after)
-
-    # ---- one method per layer class --------------------------------------------------------
-    def convert_InputLayer(self, layer, y):
-        return y
-
-    def convert_Dropout(self, layer, y):
-        return y  # dropout is the identity at inference
-
-    def convert_Conv2D(self, layer, y):
-        from tvm import relax
-        cfg = layer.get_config()
-        kernel, *bias = layer.get_weights()  # kernel: (KH, KW, I, O), Keras' HWIO
-        y = self.to_layout(y, self.layout)
-        padding = (self.same_padding(y, cfg["kernel_size"], cfg["strides"], cfg["dilation_rate"])
-                   if cfg["padding"] == "same" else (0, 0, 0, 0))
-        if self.layout == "NCHW":
-            kernel, kernel_layout = kernel.transpose(3, 2, 0, 1), "OIHW"
-        else:
-            kernel_layout = "HWIO"
-        y = self.emit(relax.op.nn.conv2d(y, relax.const(kernel, "float32"), strides=cfg["strides"],
-                                         padding=padding, dilation=cfg["dilation_rate"],
-                                         data_layout=self.layout, kernel_layout=kernel_layout), layer)
-        if bias:
-            y = self.add_bias(y, bias[0], layer)
-        return self.activation(cfg["activation"], y, layer)
-
-    def _pool(self, layer, y, kind):
-        from tvm import relax
-        cfg = layer.get_config()
-        size = tuple(cfg["pool_size"])
-        strides = tuple(cfg["strides"] or size)
-        y = self.to_layout(y, self.layout)
-        padding = self.same_padding(y, size, strides) if cfg["padding"] == "same" else (0, 0, 0, 0)
-        if kind == "max":
-            return self.emit(relax.op.nn.max_pool2d(y, size, strides, padding, layout=self.layout), layer)
-        if padding[:2] != padding[2:]:
-            # Keras' torch backend pads an uneven 'same' window by repeating the edge pixels.
-            top, left, bottom, right = padding
-            hw = [(top, bottom), (left, right)]
-            widths = [(0, 0)] + hw + [(0, 0)] if self.layout == "NHWC" else [(0, 0), (0, 0)] + hw
-            y = self.bb.emit(relax.op.nn.pad(y, [p for pair in widths for p in pair], "replicate"))
-            padding = (0, 0, 0, 0)
-        return self.emit(relax.op.nn.avg_pool2d(y, size, strides, padding, count_include_pad=False,
-                                                layout=self.layout), layer)
-
-    def convert_MaxPooling2D(self, layer, y):
-        return self._pool(layer, y, "max")
-
-    def convert_AveragePooling2D(self, layer, y):
-        return self._pool(layer, y, "avg")
-
-    def convert_Flatten(self, layer, y):
-        from tvm import relax
-        y = self.to_layout(y, "NHWC")  # Keras flattens channels-last: Dense weights expect that order
-        n, *rest = self.shape(y)
-        return self.emit(relax.op.reshape(y, (n, -1)), layer)
-
-    def convert_Dense(self, layer, y):
-        from tvm import relax
-        cfg = layer.get_config()
-        kernel, *bias = layer.get_weights()  # kernel: (inputs, units)
-        y = self.to_layout(y, "NHWC")  # Dense acts on the last axis, Keras' channel axis
-        y = self.emit(relax.op.matmul(y, relax.const(kernel, "float32")), layer)
-        if bias:
-            y = self.emit(relax.op.add(y, relax.const(bias[0], "float32")), layer)
-        return self.activation(cfg["activation"], y, layer)
-
-    def convert_Activation(self, layer, y):
-        return self.activation(layer.get_config()["activation"], y, layer)
-
-    def convert_ReLU(self, layer, y):
-        return self.activation("relu", y, layer)
-
-    def convert_Softmax(self, layer, y):
-        from tvm import relax
-        axis = layer.get_config().get("axis", -1)
-        rank = len(self.shape(y))
-        axis = axis % rank
-        if rank == 4 and self.current == "NCHW":
-            axis = [0, 2, 3, 1][axis]  # Keras axis (N, H, W, C) -> its position in NCHW
-        return self.emit(relax.op.nn.softmax(y, axis=axis), layer)
-
-
-def from_keras(model, layout="NHWC", batch_size=1):
-    """Return a Relax IRModule computing a built Keras layer chain; 4-D tensors use `layout`."""
-    return KerasToRelax(layout, batch_size).convert(model)
-
-# ----------------------------------------------------------------------
 # Defined in chapters/relax/mlp_tensorir.ipynb
 import gzip
 import hashlib
@@ -1377,6 +546,582 @@ def op_fx_maps():
     return functions, modules
 
 # ----------------------------------------------------------------------
+# Defined in chapters/compiling_models/resnet18.ipynb
+import pathlib
+import urllib.parse
+
+RESNET18_URL = "https://download.pytorch.org/models/resnet18-f37072fd.pth"
+RESNET18_SHA256_PREFIX = "f37072fd"  # torchvision publishes only these 8 hex digits
+
+
+def load_resnet18(folder=None, url=RESNET18_URL, checksum=RESNET18_SHA256_PREFIX, seed=0):
+    """Return (model, pretrained): torchvision's ResNet-18 in eval mode, with ImageNet weights if available, else seeded random ones."""
+    import torch
+    models = import_torchvision().models
+    filename = pathlib.PurePosixPath(urllib.parse.urlparse(url).path).name
+    cached = (pathlib.Path(folder) if folder is not None else cache_dir()) / filename
+    if cached.exists():
+        path = download(url, checksum, folder=folder)  # verifies it; a damaged file raises DownloadError
+    else:
+        try:
+            path = download(url, checksum, folder=folder)
+        except DownloadError as err:
+            reason = "offline" if is_offline() else str(err)
+            print(f"notice: pretrained ResNet-18 weights unavailable ({reason}): using seeded random "
+                  f"weights (seed {seed}), so the predicted labels are meaningless. To use the real "
+                  f"ones, save {url} into d2ltvm.cache_dir()")
+            with torch.random.fork_rng(devices=[]):  # leave the caller's random state alone
+                torch.manual_seed(seed)
+                return models.resnet18(weights=None).eval(), False
+    model = models.resnet18(weights=None)
+    try:
+        model.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
+    except Exception as err:
+        raise ValueError(f"{path} has the expected checksum but is not a ResNet-18 state dict "
+                         f"({type(err).__name__}: {err})") from err
+    return model.eval(), True
+
+# ----------------------------------------------------------------------
+# Defined in chapters/compiling_models/resnet18.ipynb
+def imagenet_labels():
+    """Return the names of the 1000 ImageNet-1k classes, in the order of the networks' outputs."""
+    models = import_torchvision().models
+    return list(models.ResNet18_Weights.IMAGENET1K_V1.meta["categories"])
+
+# ----------------------------------------------------------------------
+# Defined in chapters/compiling_models/resnet18.ipynb
+def load_sample_image():
+    """Return matplotlib's sample photo grace_hopper.jpg (512x600, RGB) as a PIL image."""
+    import matplotlib.cbook
+    from PIL import Image
+    with Image.open(matplotlib.cbook.get_sample_data("grace_hopper.jpg", asfileobj=False)) as image:
+        return image.convert("RGB")
+
+# ----------------------------------------------------------------------
+# Defined in chapters/compiling_models/resnet18.ipynb
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+_RGB_CONVERTIBLE = ("RGB", "L", "1", "P", "CMYK", "YCbCr")
+_WITH_ALPHA = ("RGBA", "RGBa", "LA", "PA")
+
+
+def image_to_rgb(image):
+    """Return a PIL image or uint8 array as an RGB PIL image, compositing transparency over white; refuse ambiguous modes."""
+    from PIL import Image
+    if isinstance(image, np.ndarray):
+        if image.dtype != np.uint8:
+            raise ValueError(f"expected 8-bit pixels (uint8, 0-255), got an array of dtype {image.dtype}: "
+                             "scale it to 0-255 and convert it with .astype(np.uint8) first")
+        if image.ndim == 3 and image.shape[2] == 1:
+            image = image[:, :, 0]
+        if not (image.ndim == 2 or (image.ndim == 3 and image.shape[2] in (3, 4))):
+            raise ValueError(f"expected an array of shape (height, width), (height, width, 3) or "
+                             f"(height, width, 4), got {image.shape}")
+        image = Image.fromarray(image)
+    elif not isinstance(image, Image.Image):
+        raise TypeError(f"expected a PIL image or a numpy uint8 array, got {type(image).__name__}")
+    if min(image.size) == 0:
+        raise ValueError(f"the image has no pixels (size {image.size})")
+    if image.mode == "P" and "transparency" in image.info:
+        image = image.convert("RGBA")
+    if image.mode in _WITH_ALPHA:
+        white = Image.new("RGBA", image.size, (255, 255, 255, 255))
+        return Image.alpha_composite(white, image.convert("RGBA")).convert("RGB")
+    if image.mode in _RGB_CONVERTIBLE:
+        return image.convert("RGB")
+    raise ValueError(f"image mode {image.mode!r} is not supported: it is not an 8-bit color or grayscale "
+                     f"mode, and mapping its values to 0-255 is a choice to make explicitly (for example "
+                     f"rescale to 8 bits and convert to 'L' or 'RGB') before calling this function")
+
+
+def image_preprocessing(image, size=224, resize=256):
+    """Return a (1, 3, size, size) float32 NCHW array: shorter side resized, center crop, ImageNet mean/std."""
+    from PIL import Image
+    if not (isinstance(size, int) and isinstance(resize, int) and 0 < size <= resize):
+        raise ValueError(f"need integers 0 < size <= resize, got size={size!r}, resize={resize!r}")
+    image = image_to_rgb(image)
+    width, height = image.size
+    # The shorter side becomes `resize`; the longer one keeps the aspect ratio (rounded down).
+    if width <= height:
+        new_size = (resize, int(resize * height / width))
+    else:
+        new_size = (int(resize * width / height), resize)
+    image = image.resize(new_size, Image.BILINEAR)
+    left = int(round((new_size[0] - size) / 2.0))
+    top = int(round((new_size[1] - size) / 2.0))
+    image = image.crop((left, top, left + size, top + size))
+    pixels = np.asarray(image, dtype="float32") / 255  # height x width x 3, values in [0, 1]
+    pixels = (pixels - np.array(IMAGENET_MEAN, "float32")) / np.array(IMAGENET_STD, "float32")
+    return np.ascontiguousarray(pixels.transpose(2, 0, 1)[np.newaxis], dtype="float32")
+
+# ----------------------------------------------------------------------
+# Defined in chapters/compiling_models/resnet18.ipynb
+def inference_pipeline():
+    """Return the book's Relax pipeline for inference: decompose batch norm, legalize, fuse."""
+    from tvm import relax
+    return tvm.transform.Sequential([relax.transform.DecomposeOpsForInference(),
+                                     relax.get_pipeline("zero")])
+
+
+def compile_model(mod, target=None):
+    """Compile a Relax module with inference_pipeline() for TARGET (default: host_target())."""
+    return tvm.compile(inference_pipeline()(mod), target=target or host_target())
+
+# ----------------------------------------------------------------------
+# Defined in chapters/compiling_models/resnet18.ipynb
+def top_predictions(logits, labels, k=5):
+    """Return the k most likely (label, probability) pairs for one row of logits, by softmax."""
+    scores = np.asarray(logits, dtype="float64").reshape(-1)
+    if scores.size != len(labels):
+        raise ValueError(f"got {scores.size} scores for {len(labels)} labels")
+    probabilities = np.exp(scores - scores.max())
+    probabilities /= probabilities.sum()
+    best = np.argsort(-probabilities, kind="stable")[:k]
+    return [(labels[i], float(probabilities[i])) for i in best]
+
+# ----------------------------------------------------------------------
+# Defined in chapters/compiling_models/resnet18.ipynb
+MXNET_RESNET18_V2_SHA1 = "a81db45fd7b7a2d12ab97cd88ef0a5ac48b8f657"  # from mxnet's model_store.py
+MXNET_MODEL_ZOO = "https://apache-mxnet.s3-accelerate.dualstack.amazonaws.com/gluon/models/"
+
+
+def load_mxnet_resnet18_v2(folder=None, sha1=MXNET_RESNET18_V2_SHA1, seed=0):
+    """Return (net, pretrained): MXNet's model-zoo resnet18_v2, with ImageNet weights if available, else seeded random ones."""
+    mx = import_mxnet()
+    folder = pathlib.Path(folder) if folder is not None else cache_dir()
+    stem = f"resnet18_v2-{sha1[:8]}"
+    url = MXNET_MODEL_ZOO + stem + ".zip"  # a zip archive holding {stem}.params
+    cached = folder / f"{stem}.params"
+    net = mx.gluon.model_zoo.vision.resnet18_v2(pretrained=False)
+    if cached.exists():
+        path = download(url, sha1, filename=cached.name, folder=folder, algorithm="sha1")  # verifies it
+    else:
+        try:
+            if is_offline():
+                raise DownloadError("offline")
+            try:  # MXNet's downloader unzips the archive and checks the published SHA-1
+                mx.gluon.model_zoo.model_store.get_model_file("resnet18_v2", root=str(folder))
+            except Exception as err:
+                raise DownloadError(f"could not download {url} ({type(err).__name__}: {err})") from err
+            path = download(url, sha1, filename=cached.name, folder=folder, algorithm="sha1")
+        except DownloadError as err:
+            reason = "offline" if is_offline() else str(err)
+            print(f"notice: pretrained resnet18_v2 weights unavailable ({reason}): using seeded random "
+                  f"weights (seed {seed}), so the predicted labels are meaningless. To use the real "
+                  f"ones, unzip {url} into d2ltvm.cache_dir()")
+            mx.random.seed(seed)
+            net.initialize(mx.init.Xavier())
+            net(mx.nd.zeros((1, 3, 32, 32)))  # draw the weights now (Gluon defers it to the first call)
+            return net, False
+    try:
+        net.load_parameters(str(path))
+    except Exception as err:
+        raise ValueError(f"{path} has the expected checksum but does not hold resnet18_v2 parameters "
+                         f"({type(err).__name__}: {err})") from err
+    return net, True
+
+# ----------------------------------------------------------------------
+# Defined in chapters/compiling_models/resnet18.ipynb
+import contextlib
+import os
+import tempfile
+
+
+@contextlib.contextmanager
+def drop_native_log_lines(*fragments):
+    """Hide the lines containing any of `fragments` that C++ code writes to file descriptor 2; pass the others on."""
+    # Python's sys.stderr cannot silence output that C++ writes to the descriptor itself, so the
+    # descriptor is pointed at a temporary file meanwhile; every other line is passed on.
+    sys.stderr.flush()
+    saved_stderr = os.dup(2)
+    with tempfile.TemporaryFile() as log:
+        os.dup2(log.fileno(), 2)
+        try:
+            yield
+        finally:
+            os.dup2(saved_stderr, 2)
+            os.close(saved_stderr)
+            log.seek(0)
+            kept = [line for line in log.read().decode(errors="replace").splitlines()
+                    if not any(fragment in line for fragment in fragments)]
+            if kept:
+                print("\n".join(kept), file=sys.stderr)
+
+
+def hide_tvm_scope_logs():
+    """Drop the 'Scope Saving/Loaded' lines TVM's C++ runtime writes to file descriptor 2 while (de)serializing a VM."""
+    return drop_native_log_lines("Scope Saving:", "Scope Loaded:")
+
+
+def main_argument_names(executable_or_module):
+    """Return the names of the arguments of the function `main` of a compiled Relax executable or loaded library."""
+    import tvm
+    from tvm import relax
+    vm = relax.VirtualMachine(executable_or_module, tvm.cpu())
+    arity = vm.module["get_function_arity"]("main")
+    return [vm.module["get_function_param_name"]("main", i) for i in range(arity)]
+
+# ----------------------------------------------------------------------
+# Defined in chapters/compiling_models/resnet18.ipynb
+import json
+
+
+class CompiledModelError(ValueError):
+    """The files of an exported model are damaged, incomplete or do not belong together."""
+
+
+def write_model_manifest(folder, name, paths):
+    """Record the size and SHA-256 of each of `paths` in folder/name.manifest.json."""
+    files = {path.name: {"bytes": path.stat().st_size, "sha256": file_hash(path)}
+             for path in map(pathlib.Path, paths)}
+    manifest = pathlib.Path(folder) / f"{name}.manifest.json"
+    manifest.write_text(json.dumps({"files": files}, indent=1, sort_keys=True) + "\n")
+    return manifest
+
+# ----------------------------------------------------------------------
+# Defined in chapters/compiling_models/resnet18.ipynb
+def verify_model_files(folder, name, filenames):
+    """Check files against folder/name.manifest.json; raise CompiledModelError if one differs."""
+    folder = pathlib.Path(folder)
+    manifest = folder / f"{name}.manifest.json"
+    if not manifest.exists():
+        raise CompiledModelError(f"{manifest} is missing, so the files of {name!r} cannot be "
+                                 "checked before loading: export the model again")
+    try:
+        files = json.loads(manifest.read_text())["files"]
+        records = {f: (int(files[f]["bytes"]), str(files[f]["sha256"])) for f in filenames}
+    except (ValueError, KeyError, TypeError) as err:
+        raise CompiledModelError(f"{manifest} is damaged or does not describe "
+                                 f"{', '.join(filenames)} ({type(err).__name__}: {err})") from None
+    for filename, (size, sha256) in records.items():
+        path = folder / filename
+        if not path.exists():
+            raise CompiledModelError(f"{path} is missing")
+        actual = path.stat().st_size
+        if actual != size:
+            what = "truncated" if actual < size else "longer than written"
+            raise CompiledModelError(f"{path} is {what}: it has {actual:,} bytes, the "
+                                     f"manifest records {size:,} bytes (size mismatch)")
+        if file_hash(path) != sha256:
+            raise CompiledModelError(f"{path} is damaged: its SHA-256 differs from the one the "
+                                     "manifest records (checksum mismatch)")
+
+# ----------------------------------------------------------------------
+# Defined in chapters/compiling_models/resnet18.ipynb
+def export_compiled_model(executable, weights, folder, name="model"):
+    """Write name.so (kernels, VM code), name.params (weights), name.manifest.json; return paths."""
+    import tvm
+    folder = pathlib.Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    weights = list(weights)
+    names = main_argument_names(executable)
+    if len(weights) >= len(names):
+        raise ValueError(f"main takes {len(names)} arguments, so it cannot take {len(weights)} "
+                         "weights after at least one input")
+    library, params = folder / f"{name}.so", folder / f"{name}.params"
+    (folder / f"{name}.manifest.json").unlink(missing_ok=True)  # stale until rewritten below
+    with hide_tvm_scope_logs():
+        executable.export_library(str(library))
+    tvm.runtime.save_param_dict_to_file(dict(zip(names[-len(weights):], weights)), str(params))
+    write_model_manifest(folder, name, [library, params])
+    return library, params
+
+# ----------------------------------------------------------------------
+# Defined in chapters/compiling_models/resnet18.ipynb
+def load_compiled_model(folder, name="model", device=None):
+    """Check and load the files of export_compiled_model; return (vm, weights) for vm["main"]."""
+    import tvm
+    from tvm import relax
+    folder = pathlib.Path(folder)
+    library, params = folder / f"{name}.so", folder / f"{name}.params"
+    for path in (library, params):
+        if not path.exists():
+            raise FileNotFoundError(f"{path} does not exist: write it with "
+                                    f"export_compiled_model(..., name={name!r})")
+    verify_model_files(folder, name, [library.name, params.name])  # before dlopen sees the library
+    with hide_tvm_scope_logs():
+        module = tvm.runtime.load_module(str(library))
+    names = main_argument_names(module)
+    saved = dict(tvm.runtime.load_param_dict_from_file(str(params)))
+    first = len(names) - len(saved)
+    if first < 1 or sorted(names[first:]) != sorted(saved):
+        raise CompiledModelError(f"{params.name} holds weights named {sorted(saved)[:3]}..., but "
+                                 f"main's arguments are {names[:3]}...: the files do not belong "
+                                 "together")
+    vm = relax.VirtualMachine(module, device or tvm.cpu())
+    return vm, [saved[n] for n in names[first:]]
+
+# ----------------------------------------------------------------------
+# Defined in chapters/compiling_models/keras_mnist.ipynb
+def keras_mnist_cnn(input_shape=(28, 28, 1), hidden=128, num_classes=10):
+    """Return the classic Keras MNIST CNN (conv 32, conv 64, max pool, dense), built from keras.Input."""
+    keras = import_keras()
+    from keras import layers
+    return keras.Sequential([
+        keras.Input(shape=input_shape),
+        layers.Conv2D(32, kernel_size=3, activation="relu"),
+        layers.Conv2D(64, kernel_size=3, activation="relu"),
+        layers.MaxPooling2D(pool_size=2),
+        layers.Dropout(0.25),
+        layers.Flatten(),
+        layers.Dense(hidden, activation="relu"),
+        layers.Dropout(0.5),
+        layers.Dense(num_classes, activation="softmax"),
+    ])
+
+# ----------------------------------------------------------------------
+# Defined in chapters/compiling_models/keras_mnist.ipynb
+def train_keras_cnn(x_train, y_train, epochs=5, batch_size=64, seed=0, threads=2):
+    """Train a fresh keras_mnist_cnn() with the chapter's recipe; return (model, history)."""
+    import torch
+    keras = import_keras()
+    saved_threads = torch.get_num_threads()
+    torch.set_num_threads(threads)  # how a sum is split between threads changes its rounding
+    try:
+        keras.utils.set_random_seed(seed)  # Python, numpy, torch: first weights, batch order
+        model = keras_mnist_cnn()
+        model.compile(optimizer="adam", loss="sparse_categorical_crossentropy",
+                      metrics=["accuracy"])
+        history = model.fit(x_train, y_train, batch_size=batch_size, epochs=epochs, verbose=0)
+    finally:
+        torch.set_num_threads(saved_threads)
+    return model, history
+
+# ----------------------------------------------------------------------
+# Defined in chapters/compiling_models/keras_mnist.ipynb
+class KerasToRelax:
+    """Translate a built chain of Keras layers into a Relax IRModule whose weights are constants."""
+
+    SUPPORTED = ("InputLayer", "Conv2D", "MaxPooling2D", "AveragePooling2D", "Dropout",
+                 "Flatten", "Dense", "Activation", "ReLU", "Softmax")
+    ACTIVATIONS = ("linear", "relu", "sigmoid", "tanh", "softmax")
+
+    def __init__(self, layout="NHWC", batch_size=1):
+        if layout not in ("NHWC", "NCHW"):
+            raise ValueError(f"layout must be 'NHWC' (Keras' own) or 'NCHW', got {layout!r}")
+        if not isinstance(batch_size, int) or isinstance(batch_size, bool) or batch_size < 1:
+            raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
+        self.layout, self.batch_size = layout, batch_size
+
+    def convert(self, model):
+        """Return an IRModule whose function `main` computes `model` on one input batch."""
+        from tvm import relax
+        layers = self._chain(model)
+        for layer in layers:  # refuse early, before any IR exists
+            self.check(layer)
+        spec = model.inputs[0]
+        if str(spec.dtype) != "float32":
+            raise NotImplementedError(f"from_keras handles float32 inputs, the model takes {spec.dtype}")
+        shape = (self.batch_size,) + tuple(spec.shape[1:])
+        if any(d is None for d in shape):
+            raise ValueError(f"the model's input shape {tuple(spec.shape)} has unknown dimensions "
+                             "besides the batch: give keras.Input a complete shape")
+        self.current = None  # the layout of the tensor in flight when it is 4-D
+        if len(shape) == 4:
+            self.current = self.layout
+            if self.layout == "NCHW":
+                shape = (shape[0], shape[3], shape[1], shape[2])
+        x = relax.Var(spec.name, relax.TensorType(shape, "float32"))
+        self.bb = bb = relax.BlockBuilder()
+        with bb.function("main", [x]):
+            with bb.dataflow():
+                y = x
+                for layer in layers:
+                    y = self.convert_layer(layer, y)
+                out = bb.emit_output(self.to_layout(y, self.layout))
+            bb.emit_func_output(out)
+        return bb.get()
+
+    def check(self, layer):
+        """Raise NotImplementedError, naming the layer, if it or one of its settings is not handled."""
+        kind = type(layer).__name__
+        where = f"layer {layer.name!r} ({kind})"
+        if not hasattr(self, "convert_" + kind):
+            raise NotImplementedError(f"{where} is not supported by from_keras; "
+                                      f"supported: {', '.join(self.SUPPORTED)}")
+        cfg = layer.get_config()
+        if cfg.get("data_format", "channels_last") != "channels_last":
+            raise NotImplementedError(f"{where} uses data_format={cfg['data_format']!r}; "
+                                      "from_keras expects channels_last")
+        if cfg.get("groups", 1) != 1:
+            raise NotImplementedError(f"{where} has groups={cfg['groups']}; from_keras handles groups=1")
+        if "activation" in cfg and cfg["activation"] not in self.ACTIVATIONS:
+            raise NotImplementedError(f"{where} uses activation {cfg['activation']!r}; "
+                                      f"from_keras supports {', '.join(self.ACTIVATIONS)}")
+        if kind == "ReLU" and (cfg.get("max_value") is not None or cfg.get("negative_slope")
+                               or cfg.get("threshold")):
+            raise NotImplementedError(f"{where} sets max_value, negative_slope or threshold; "
+                                      "from_keras handles the plain ReLU only")
+        if kind == "Softmax" and not isinstance(cfg.get("axis", -1), int):
+            raise NotImplementedError(f"{where} normalizes over several axes {cfg['axis']}; "
+                                      "from_keras handles one axis")
+
+    def convert_layer(self, layer, y):
+        """Dispatch one layer to the method named convert_<its class name>."""
+        return getattr(self, "convert_" + type(layer).__name__)(layer, y)
+
+    @staticmethod
+    def _chain(model):
+        """Return the model's layers in order, after checking that they form a built chain."""
+        if not hasattr(model, "layers") or not hasattr(model, "get_config"):
+            raise TypeError(f"from_keras expects a Keras model, got {type(model).__name__}")
+        if not getattr(model, "built", False) or not getattr(model, "inputs", None):
+            raise ValueError(f"model {getattr(model, 'name', model)!r} was never built, so it has no input "
+                             "shape and no weights: start it with keras.Input(shape=...) or call "
+                             "model.build((None, *input_shape)), then train it or load weights")
+        if len(model.inputs) != 1 or len(model.outputs) != 1:
+            raise NotImplementedError("from_keras handles models with one input and one output")
+        import keras
+        sequential = isinstance(model, keras.Sequential)  # a chain by construction
+        prev, layers = model.inputs[0], []
+        for layer in model.layers:  # a Sequential model lists no InputLayer; a functional one does
+            if type(layer).__name__ != "InputLayer":
+                if not sequential and layer.input is not prev:
+                    raise NotImplementedError(f"layer {layer.name!r} does not take the previous layer's "
+                                              "output: from_keras handles chains of layers only")
+                prev = layer.output
+            layers.append(layer)
+        if not sequential and model.outputs[0] is not prev:
+            raise NotImplementedError("the model's output is not its last layer's: from_keras handles "
+                                      "chains of layers only")
+        return layers
+
+    # ---- helpers --------------------------------------------------------------------------
+    def emit(self, expr, layer):
+        """Emit expr into the dataflow block, naming its variable after the Keras layer."""
+        return self.bb.emit(expr, name_hint=layer.name.replace("-", "_").replace("/", "_"))
+
+    @staticmethod
+    def shape(y):
+        return [int(d) for d in y.ty.shape]
+
+    def to_layout(self, y, layout):
+        """Transpose a 4-D tensor in flight into `layout` (a no-op if it is there already)."""
+        from tvm import relax
+        if len(self.shape(y)) != 4 or self.current == layout:
+            return y
+        axes = [0, 2, 3, 1] if layout == "NHWC" else [0, 3, 1, 2]
+        self.current = layout
+        return self.bb.emit(relax.op.permute_dims(y, axes), name_hint="to_" + layout.lower())
+
+    def channel_axis(self, y):
+        return 1 if len(self.shape(y)) == 4 and self.current == "NCHW" else len(self.shape(y)) - 1
+
+    def activation(self, name, y, layer):
+        """Apply the Keras activation called `name` to y."""
+        from tvm import relax
+        if name == "linear":
+            return y
+        if name == "softmax":
+            return self.emit(relax.op.nn.softmax(y, axis=self.channel_axis(y)), layer)
+        op = {"relu": relax.op.nn.relu, "sigmoid": relax.op.sigmoid, "tanh": relax.op.tanh}[name]
+        return self.emit(op(y), layer)
+
+    def add_bias(self, y, bias, layer):
+        from tvm import relax
+        shape = [1] * len(self.shape(y))
+        shape[self.channel_axis(y)] = -1
+        return self.emit(relax.op.add(y, relax.const(bias.reshape(shape), "float32")), layer)
+
+    def same_padding(self, y, kernel, strides, dilation=(1, 1)):
+        """Keras' 'same' padding as (top, left, bottom, right): any odd pixel goes after."""
+        n, *spatial = self.shape(y)
+        size = spatial[:2] if self.current == "NHWC" else spatial[1:]
+        before, after = [], []
+        for length, k, s, d in zip(size, kernel, strides, dilation):
+            out = -(-length // s)
+            total = max(0, (out - 1) * s + (k - 1) * d + 1 - length)
+            before.append(total // 2)
+            after.append(total - total // 2)
+        return tuple(before + after)
+
+    # ---- one method per layer class --------------------------------------------------------
+    def convert_InputLayer(self, layer, y):
+        return y
+
+    def convert_Dropout(self, layer, y):
+        return y  # dropout is the identity at inference
+
+    def convert_Conv2D(self, layer, y):
+        from tvm import relax
+        cfg = layer.get_config()
+        kernel, *bias = layer.get_weights()  # kernel: (KH, KW, I, O), Keras' HWIO
+        y = self.to_layout(y, self.layout)
+        padding = (self.same_padding(y, cfg["kernel_size"], cfg["strides"], cfg["dilation_rate"])
+                   if cfg["padding"] == "same" else (0, 0, 0, 0))
+        if self.layout == "NCHW":
+            kernel, kernel_layout = kernel.transpose(3, 2, 0, 1), "OIHW"
+        else:
+            kernel_layout = "HWIO"
+        y = self.emit(relax.op.nn.conv2d(y, relax.const(kernel, "float32"), strides=cfg["strides"],
+                                         padding=padding, dilation=cfg["dilation_rate"],
+                                         data_layout=self.layout, kernel_layout=kernel_layout), layer)
+        if bias:
+            y = self.add_bias(y, bias[0], layer)
+        return self.activation(cfg["activation"], y, layer)
+
+    def _pool(self, layer, y, kind):
+        from tvm import relax
+        cfg = layer.get_config()
+        size = tuple(cfg["pool_size"])
+        strides = tuple(cfg["strides"] or size)
+        y = self.to_layout(y, self.layout)
+        padding = self.same_padding(y, size, strides) if cfg["padding"] == "same" else (0, 0, 0, 0)
+        if kind == "max":
+            return self.emit(relax.op.nn.max_pool2d(y, size, strides, padding, layout=self.layout), layer)
+        if padding[:2] != padding[2:]:
+            # Keras' torch backend pads an uneven 'same' window by repeating the edge pixels.
+            top, left, bottom, right = padding
+            hw = [(top, bottom), (left, right)]
+            widths = [(0, 0)] + hw + [(0, 0)] if self.layout == "NHWC" else [(0, 0), (0, 0)] + hw
+            y = self.bb.emit(relax.op.nn.pad(y, [p for pair in widths for p in pair], "replicate"))
+            padding = (0, 0, 0, 0)
+        return self.emit(relax.op.nn.avg_pool2d(y, size, strides, padding, count_include_pad=False,
+                                                layout=self.layout), layer)
+
+    def convert_MaxPooling2D(self, layer, y):
+        return self._pool(layer, y, "max")
+
+    def convert_AveragePooling2D(self, layer, y):
+        return self._pool(layer, y, "avg")
+
+    def convert_Flatten(self, layer, y):
+        from tvm import relax
+        y = self.to_layout(y, "NHWC")  # Keras flattens channels-last: Dense weights expect that order
+        n, *rest = self.shape(y)
+        return self.emit(relax.op.reshape(y, (n, -1)), layer)
+
+    def convert_Dense(self, layer, y):
+        from tvm import relax
+        cfg = layer.get_config()
+        kernel, *bias = layer.get_weights()  # kernel: (inputs, units)
+        y = self.to_layout(y, "NHWC")  # Dense acts on the last axis, Keras' channel axis
+        y = self.emit(relax.op.matmul(y, relax.const(kernel, "float32")), layer)
+        if bias:
+            y = self.emit(relax.op.add(y, relax.const(bias[0], "float32")), layer)
+        return self.activation(cfg["activation"], y, layer)
+
+    def convert_Activation(self, layer, y):
+        return self.activation(layer.get_config()["activation"], y, layer)
+
+    def convert_ReLU(self, layer, y):
+        return self.activation("relu", y, layer)
+
+    def convert_Softmax(self, layer, y):
+        from tvm import relax
+        axis = layer.get_config().get("axis", -1)
+        rank = len(self.shape(y))
+        axis = axis % rank
+        if rank == 4 and self.current == "NCHW":
+            axis = [0, 2, 3, 1][axis]  # Keras axis (N, H, W, C) -> its position in NCHW
+        return self.emit(relax.op.nn.softmax(y, axis=axis), layer)
+
+
+def from_keras(model, layout="NHWC", batch_size=1):
+    """Return a Relax IRModule computing a built Keras layer chain; 4-D tensors use `layout`."""
+    return KerasToRelax(layout, batch_size).convert(model)
+
+# ----------------------------------------------------------------------
 # Defined in chapters/performance/performance.ipynb
 import pathlib
 
@@ -1454,23 +1199,6 @@ def performance_workloads(name, batch_sizes=None, seed=0):
         workloads.append({"label": f"{name} batch{shape[0]}", "model": model, "input": example,
                           "mod": mod, "weights": weights})
     return workloads
-
-# ----------------------------------------------------------------------
-# Defined in chapters/performance/performance.ipynb
-def set_tvm_threads(threads):
-    """Size TVM's CPU thread pool to THREADS and return it; must run before compiled code first does."""
-    import os
-    threads = int(threads)
-    if threads < 1:
-        raise ValueError(f"set_tvm_threads needs at least one thread, got {threads}")
-    os.environ["TVM_NUM_THREADS"] = str(threads)
-    os.environ["TVM_BIND_THREADS"] = "0"  # no pinning: it would also pin the threads PyTorch starts later
-    actual = tvm.runtime.num_threads()  # starts the pool now if it is not running yet
-    if actual != threads:
-        raise RuntimeError(f"TVM's thread pool already runs {actual} thread(s) and cannot be resized: "
-                           f"call set_tvm_threads({threads}) before running compiled code, or start "
-                           f"Python with TVM_NUM_THREADS={threads}")
-    return actual
 
 # ----------------------------------------------------------------------
 # Defined in chapters/performance/performance.ipynb
@@ -1985,3 +1713,288 @@ def compile_with_torch(workload):
         return None
     print(f"{workload['label']}: torch.compile matches PyTorch eager within 1e-4")
     return compiled_model
+
+# ----------------------------------------------------------------------
+# Defined in chapters/appendix/downloads.ipynb
+import hashlib
+import os
+import pathlib
+import tempfile
+import urllib.parse
+import urllib.request
+
+
+def is_offline():
+    """Return True when D2LTVM_OFFLINE is 1 (or true/yes/on): then nothing in the book touches the network."""
+    return os.environ.get("D2LTVM_OFFLINE", "").strip().lower() in ("1", "true", "yes", "on")
+
+
+def cache_dir():
+    """Return the folder that caches downloads: $D2LTVM_CACHE, else ~/.cache/d2ltvm."""
+    return pathlib.Path(os.environ.get("D2LTVM_CACHE") or pathlib.Path.home() / ".cache" / "d2ltvm")
+
+# ----------------------------------------------------------------------
+# Defined in chapters/appendix/downloads.ipynb
+def file_hash(path, algorithm="sha256", chunk_size=1 << 20):
+    """Return the hexadecimal digest (sha256 by default) of the file at `path`."""
+    digest = hashlib.new(algorithm)
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(chunk_size), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+# ----------------------------------------------------------------------
+# Defined in chapters/appendix/downloads.ipynb
+class DownloadError(RuntimeError):
+    """A file could not be fetched, or a fetched or cached file does not have the expected checksum."""
+
+
+def download(url, checksum, filename=None, folder=None, algorithm="sha256", timeout=60):
+    """Return the path of a checksum-verified local copy of `url`, downloading it into the cache if needed."""
+    if algorithm not in hashlib.algorithms_available:
+        raise ValueError(f"unknown hash algorithm {algorithm!r}")
+    full = hashlib.new(algorithm).digest_size * 2
+    if (not isinstance(checksum, str) or not 8 <= len(checksum) <= full
+            or any(ch not in "0123456789abcdef" for ch in checksum.lower())):
+        raise ValueError(f"checksum must be the {algorithm} hex digest of the file (or at least its "
+                         f"first 8 digits), got {checksum!r}")
+    checksum = checksum.lower()
+    scheme = urllib.parse.urlparse(url).scheme
+    filename = filename or pathlib.PurePosixPath(urllib.parse.urlparse(url).path).name
+    if not filename:
+        raise ValueError(f"cannot tell a file name from {url!r}; pass filename=")
+    folder = pathlib.Path(folder) if folder is not None else cache_dir()
+    target = folder / filename
+    hint = f"download {url} yourself and save it as {target} ({algorithm} {checksum})"
+    if target.exists():
+        actual = file_hash(target, algorithm)
+        if actual.startswith(checksum):
+            return target
+        raise DownloadError(f"{target} exists but its {algorithm} is {actual}, not {checksum}: "
+                            f"it is corrupt or a different file. Delete it to download again, or {hint}")
+    if scheme != "file" and is_offline():
+        raise DownloadError(f"{filename} is not cached and D2LTVM_OFFLINE=1 forbids network access: {hint}")
+    folder.mkdir(parents=True, exist_ok=True)
+    fd, partial = tempfile.mkstemp(prefix=filename + ".", suffix=".part", dir=folder)
+    try:
+        digest = hashlib.new(algorithm)
+        with os.fdopen(fd, "wb") as out, urllib.request.urlopen(url, timeout=timeout) as response:
+            for chunk in iter(lambda: response.read(1 << 20), b""):
+                digest.update(chunk)
+                out.write(chunk)
+        if not digest.hexdigest().startswith(checksum):
+            raise DownloadError(f"{url} was downloaded but its {algorithm} is {digest.hexdigest()}, "
+                                f"not {checksum}; nothing was saved. If the file changed upstream, {hint}")
+        os.replace(partial, target)
+    except DownloadError:
+        raise
+    except Exception as err:
+        raise DownloadError(f"could not download {filename} ({type(err).__name__}: {err}): {hint}") from err
+    finally:
+        if os.path.exists(partial):
+            os.remove(partial)
+    return target
+
+# ----------------------------------------------------------------------
+# Defined in chapters/appendix/downloads.ipynb
+MNIST_NPZ_URL = "https://storage.googleapis.com/tensorflow/tf-keras-datasets/mnist.npz"
+MNIST_NPZ_SHA256 = "731c5ac602752760c8e48fbffcf8c3b850d9dc2a2aedcf2cc48468fc17b673d1"
+
+
+def load_mnist_or_digits(n_test=500, seed=0, stand_in=False):
+    """Return (x_train, y_train), (x_test, y_test), source: MNIST, or upsampled scikit-learn
+    digits where MNIST cannot be downloaded or stand_in=True (what the book's shipped CNN
+    weights were trained on)."""
+    import numpy as np
+    if not stand_in:
+        try:
+            with np.load(download(MNIST_NPZ_URL, MNIST_NPZ_SHA256), allow_pickle=False) as f:
+                data = {k: f[k] for k in ("x_train", "y_train", "x_test", "y_test")}
+            images = {k: (data[k].astype("float32") / 255)[..., None]
+                      for k in ("x_train", "x_test")}
+            return ((images["x_train"], data["y_train"].astype("int64")),
+                    (images["x_test"], data["y_test"].astype("int64")), "MNIST")
+        except DownloadError as err:
+            print(f"MNIST unavailable ({str(err).split(':')[0]}): using scikit-learn's 8x8 "
+                  "handwritten digits, enlarged to 28x28, as a stand-in")
+    from PIL import Image
+    from sklearn.datasets import load_digits
+    digits = load_digits()
+    images = np.zeros((len(digits.images), 28, 28), dtype="float32")
+    for i, image in enumerate(digits.images):  # values 0..16 -> a 20x20 digit centred in 28x28
+        small = Image.fromarray((image / 16).astype("float32"), mode="F")
+        images[i, 4:24, 4:24] = np.asarray(small.resize((20, 20), Image.BILINEAR))
+    images = np.clip(images, 0, 1)[..., None]
+    labels = digits.target.astype("int64")
+    order = np.random.default_rng(seed).permutation(len(images))
+    train, test = order[:-n_test], order[-n_test:]
+    return (images[train], labels[train]), (images[test], labels[test]), "scikit-learn digits"
+
+# ----------------------------------------------------------------------
+# Defined in chapters/appendix/downloads.ipynb
+import pathlib
+import zipfile
+
+KERAS_CNN_WEIGHTS_SHA256 = "8dce19228528862c9a36a2663a47572a3b3a260021e9d73fe87b0d65d4bab29e"
+KERAS_CNN_DIGITS_ACCURACY = 0.968  # shipped weights, on load_mnist_or_digits()'s test images
+KERAS_CNN_ACCURACY_BAND = 0.03  # how far a network retrained by the recipe may land from that
+
+
+def keras_weight_names(model):
+    """Name a built Keras model's weights by layer index, class and role: 0_Conv2D_kernel."""
+    if not getattr(model, "built", False) or not getattr(model, "inputs", None):
+        raise ValueError(f"model {getattr(model, 'name', model)!r} was never built, so it has no "
+                         "weights to save or load: start it with keras.Input(shape=...)")
+    return [f"{i}_{type(layer).__name__}_{weight.name}"
+            for i, layer in enumerate(model.layers) for weight in layer.weights]
+
+
+def save_keras_weights(model, path):
+    """Save a built Keras model's weights as an .npz file whose bytes depend only on the values."""
+    import io
+    import numpy as np
+    arrays = [a for layer in model.layers for a in layer.get_weights()]
+    with zipfile.ZipFile(path, "w", zipfile.ZIP_STORED) as archive:
+        for name, array in zip(keras_weight_names(model), arrays):
+            buffer = io.BytesIO()
+            np.lib.format.write_array(buffer, np.ascontiguousarray(array))
+            # a fixed time stamp and system (np.savez stores the time): equal weights, equal bytes
+            info = zipfile.ZipInfo(name + ".npy", date_time=(1980, 1, 1, 0, 0, 0))
+            info.create_system = 3
+            archive.writestr(info, buffer.getvalue())
+    return pathlib.Path(path)
+
+
+def keras_cnn_weights_path():
+    """Return the path of the CNN weights the book ships: data/keras_cnn_digits.npz."""
+    import d2ltvm
+    return pathlib.Path(d2ltvm.__file__).resolve().parent.parent / "data" / "keras_cnn_digits.npz"
+
+# ----------------------------------------------------------------------
+# Defined in chapters/appendix/downloads.ipynb
+def load_keras_cnn_weights(model=None, path=None, checksum=KERAS_CNN_WEIGHTS_SHA256):
+    """Load the book's CNN weights (sha256-checked) into a built keras_mnist_cnn(); return it."""
+    import numpy as np
+    path = keras_cnn_weights_path() if path is None else pathlib.Path(path)
+    remake = "regenerate it with `python tools/train_keras_cnn.py` in the book's folder"
+    if not path.is_file():
+        raise FileNotFoundError(f"Keras CNN weights {path.name} not found at {path}: {remake}")
+    actual = file_hash(path) if checksum is not None else None
+    if actual is not None and not actual.startswith(checksum.lower()):
+        raise ValueError(f"{path.name} has sha256 {actual}, not {checksum}: the file is corrupt "
+                         f"or was made by another recipe; {remake}")
+    model = keras_mnist_cnn() if model is None else model
+    names = keras_weight_names(model)
+    try:
+        with np.load(path, allow_pickle=False) as archive:
+            stored = {name: archive[name] for name in archive.files}
+    except (ValueError, OSError, zipfile.BadZipFile) as err:
+        raise ValueError(f"{path.name} is not an .npz file of weights: {err}") from err
+    if sorted(stored) != sorted(names):
+        raise ValueError(f"{path.name} holds the weights {sorted(stored)}, but the model "
+                         f"{model.name!r} has {names}")
+    weights = [(layer, w) for layer in model.layers for w in layer.weights]
+    for (layer, weight), name in zip(weights, names):  # check every shape before loading any
+        if tuple(weight.shape) != stored[name].shape:
+            raise ValueError(f"{path.name}: {weight.name} of layer {layer.name!r} has shape "
+                             f"{stored[name].shape}, the model's has {tuple(weight.shape)}")
+    for layer in model.layers:
+        layer.set_weights([stored[names.pop(0)] for _ in layer.weights])
+    return model
+
+# ----------------------------------------------------------------------
+# Defined in chapters/appendix/frameworks.ipynb
+import sys
+import warnings
+
+_TORCHVISION_SCHEMAS = []  # keeps the operator schemas declared by import_torchvision alive
+
+
+def import_torchvision():
+    """Import and return torchvision; if its compiled ops are missing (CUDA wheel, CPU torch), declare their schemas first."""
+    import torch
+    try:
+        import torchvision
+    except RuntimeError as err:
+        if "torchvision::nms" not in str(err):
+            raise
+        # Forget the half-imported package, declare the two operators its Python code refers to,
+        # and import again. No kernel is registered: torchvision.ops.nms itself stays unusable.
+        for name in [n for n in sys.modules if n == "torchvision" or n.startswith("torchvision.")]:
+            del sys.modules[name]
+        library = torch.library.Library("torchvision", "DEF")
+        library.define("nms(Tensor dets, Tensor scores, float iou_threshold) -> Tensor")
+        library.define("qnms(Tensor dets, Tensor scores, float iou_threshold) -> Tensor")
+        _TORCHVISION_SCHEMAS.append(library)
+        import torchvision
+    return torchvision
+
+# ----------------------------------------------------------------------
+# Defined in chapters/appendix/frameworks.ipynb
+import platform
+
+
+class MXNetUnavailable(ImportError):
+    """MXNet cannot be imported on this machine; the message says why."""
+
+
+def import_mxnet():
+    """Import and return mxnet 1.9.1 (restoring numpy.bool first); else raise MXNetUnavailable."""
+    import importlib.util
+    import numpy
+    where = f"{platform.system()} {platform.machine()}"
+    if importlib.util.find_spec("mxnet") is None:
+        how = ("`pip install mxnet==1.9.1` adds it" if platform.system() == "Linux"
+               else "the book's requirements.txt therefore leaves it out here")
+        raise MXNetUnavailable(
+            f"MXNet is not installed on this machine ({where}). Its last release, 1.9.1, has "
+            f"wheels for Linux (x86-64 and aarch64) only; {how}")
+    if "bool" not in numpy.__dict__:
+        numpy.bool = bool  # exactly what numpy.bool was before numpy 1.24
+    torch = sys.modules.get("torch")
+    threads = torch.get_num_threads() if torch is not None else None
+    try:
+        with warnings.catch_warnings():  # MXNet's own uses of APIs numpy and distutils deprecated
+            warnings.simplefilter("ignore", DeprecationWarning)
+            import mxnet
+    except (ImportError, OSError) as err:  # e.g. its native library fails to load
+        raise MXNetUnavailable(f"MXNet is installed but does not import on this machine "
+                               f"({where}): {type(err).__name__}: {err}") from err
+    finally:
+        if threads is not None:
+            torch.set_num_threads(threads)  # importing mxnet sets the OpenMP thread count to 1
+    return mxnet
+
+# ----------------------------------------------------------------------
+# Defined in chapters/appendix/frameworks.ipynb
+def import_keras():
+    """Import and return Keras 3 on the torch backend, refusing if it already runs on another one."""
+    import os
+    import sys
+    if "keras" not in sys.modules:
+        backend = os.environ.setdefault("KERAS_BACKEND", "torch")
+        if backend != "torch":
+            raise RuntimeError(f"KERAS_BACKEND is {backend!r}, but d2ltvm runs Keras on the torch "
+                               "backend: unset it or set it to 'torch' before starting Python")
+    import keras
+    if keras.backend.backend() != "torch":
+        raise RuntimeError(f"keras was already imported with the {keras.backend.backend()!r} backend; "
+                           "restart Python and call d2ltvm.import_keras() before importing keras")
+    return keras
+
+# ----------------------------------------------------------------------
+# Defined in chapters/appendix/frameworks.ipynb
+def set_tvm_threads(threads):
+    """Size TVM's CPU thread pool to THREADS and return it; must run before compiled code first does."""
+    import os
+    threads = int(threads)
+    if threads < 1:
+        raise ValueError(f"set_tvm_threads needs at least one thread, got {threads}")
+    os.environ["TVM_NUM_THREADS"] = str(threads)
+    os.environ["TVM_BIND_THREADS"] = "0"  # no pinning: it would also pin the threads PyTorch starts later
+    actual = tvm.runtime.num_threads()  # starts the pool now if it is not running yet
+    if actual != threads:
+        raise RuntimeError(f"TVM's thread pool already runs {actual} thread(s) and cannot be resized: "
+                           f"call set_tvm_threads({threads}) before running compiled code, or start "
+                           f"Python with TVM_NUM_THREADS={threads}")
+    return actual

@@ -1,4 +1,4 @@
-"""Unit tests of d2ltvm.download and the offline switch (chapters/getting_started/downloads.ipynb)."""
+"""Unit tests of d2ltvm.download and the offline switch (chapters/appendix/downloads.ipynb)."""
 import hashlib
 import io
 import urllib.error
