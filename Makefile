@@ -22,7 +22,7 @@ FOREIGN_CPU := ATEN_CPU_CAPABILITY=default ONEDNN_MAX_CPU_ISA=SSE41 \
 	D2LTVM_TARGET='{"kind": "llvm", "mcpu": "x86-64-v2"}' \
 	TORCHINDUCTOR_CACHE_DIR=$(FOREIGN_INDUCTOR_CACHE)
 
-.PHONY: html test test-native test-foreign-cpu venv package outputs clean
+.PHONY: html test test-native test-foreign-cpu test-browser venv package outputs clean
 
 venv: $(STAMP)
 
@@ -43,6 +43,12 @@ test: test-native test-foreign-cpu
 test-native: $(STAMP)
 	$(BIN)/python tools/sync_package.py --check
 	$(BIN)/python -m pytest -n $(JOBS) --dist loadfile tests chapters
+
+# The rendered book in headless Chromium (also part of test-native): console errors, images,
+# internal links, math, search, code that fits its column. Needs Debian's chromium and
+# chromium-driver; skips (and says why) without them, unless D2LTVM_REQUIRE_BROWSER=1.
+test-browser: $(STAMP)
+	$(BIN)/python -m pytest -n 0 tests/test_browser.py
 
 test-foreign-cpu: $(STAMP)
 	@if [ "$$(uname -m)" = x86_64 ]; then \
