@@ -152,217 +152,6 @@ def machine_facts(target=None):
 
 # ----------------------------------------------------------------------
 # Defined in chapters/relax/mlp_tensorir.ipynb
-import gzip
-import hashlib
-import pathlib
-import types
-
-FASHION_MNIST_CLASSES = ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat",
-                         "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot"]
-# key: (file name, md5 of the published .gz file, sha256 of its uncompressed contents)
-FASHION_MNIST_FILES = {
-    "train_images": ("train-images-idx3-ubyte.gz", "8d4fb7e6c68d591d4c3dfef9ec88bf0d",
-                     "c59f468a2f672dc815687fe0f83887768d799fd8a3f3276145d20f83aa44d888"),
-    "train_labels": ("train-labels-idx1-ubyte.gz", "25c81989df183df01b3e8a0aad5dffbe",
-                     "bad3541b69d912435c50bb6ba87bec294ff4f6a2e1246121d8633921760443d9"),
-    "test_images": ("t10k-images-idx3-ubyte.gz", "bef4ecab320f06d8554ea6380940ec79",
-                    "5b4141f0afbad91edebe8549f8fcffe087ea10ca49f1dbef5c9a5cd8815ce37b"),
-    "test_labels": ("t10k-labels-idx1-ubyte.gz", "bb300cfdad3c16e7a12a480ee83cd310",
-                    "0402a96d92fd2663957122ceb108a494c5af83dab82d92729df917d7dec38c34")}
-
-
-def read_idx_gz(path, sha256=None):
-    """Return the uint8 array of a gzipped IDX file (MNIST's format); check SHA256 if given."""
-    path = pathlib.Path(path)
-    try:
-        with gzip.open(path, "rb") as f:
-            raw = f.read()
-    except (OSError, EOFError) as err:
-        raise ValueError(f"{path} is not a gzip file: {err}") from err
-    if sha256 is not None and hashlib.sha256(raw).hexdigest() != sha256:
-        raise ValueError(f"{path} is not the original {path.name}: its uncompressed contents have "
-                         f"sha256 {hashlib.sha256(raw).hexdigest()}, not {sha256}")
-    if len(raw) < 4 or raw[0] != 0 or raw[1] != 0 or raw[2] != 0x08:
-        raise ValueError(f"{path.name} is not an IDX file of unsigned bytes")
-    ndim = raw[3]
-    dims = tuple(int(d) for d in np.frombuffer(raw, ">i4", count=ndim, offset=4))
-    data = np.frombuffer(raw, np.uint8, offset=4 + 4 * ndim)
-    if data.size != int(np.prod(dims)):
-        raise ValueError(f"{path.name} holds {data.size} bytes, its header says {dims}")
-    return data.reshape(dims)
-
-# ----------------------------------------------------------------------
-# Defined in chapters/relax/mlp_tensorir.ipynb
-FASHION_MNIST_MIRROR = "http://fashion-mnist.s3-website.eu-central-1.amazonaws.com/"
-
-
-def load_fashion_mnist(folder=None, local=None):
-    """Return Fashion-MNIST as 28x28 float32 images in [0, 1] with its train/test split.
-
-    Downloaded once into `folder` (default: the cache) and md5-checked, or read from `local`, a
-    folder with the four original files (e.g. Debian's /usr/share/datasets/fashion-mnist).
-    """
-    arrays = {}
-    for key, (name, md5, sha256) in FASHION_MNIST_FILES.items():
-        if local is None:
-            path = download(FASHION_MNIST_MIRROR + name, md5, folder=folder, algorithm="md5")
-        else:
-            path = pathlib.Path(local) / name
-            if not path.is_file():
-                raise FileNotFoundError(f"{name} not found in {local}: the folder must hold "
-                                        "the four original Fashion-MNIST files")
-        arrays[key] = read_idx_gz(path, sha256=sha256)
-    return types.SimpleNamespace(
-        name="fashion_mnist", classes=list(FASHION_MNIST_CLASSES),
-        train_images=(arrays["train_images"] / np.float32(255)).astype("float32"),
-        train_labels=arrays["train_labels"].astype("int64"),
-        test_images=(arrays["test_images"] / np.float32(255)).astype("float32"),
-        test_labels=arrays["test_labels"].astype("int64"))
-
-# ----------------------------------------------------------------------
-# Defined in chapters/relax/mlp_tensorir.ipynb
-FASHION_MNIST_SUBSET_SHA256 = "8eb704ac86b9eb75aa042599560a503fb30028419df5a0128d165a8f48326d2a"
-
-
-def fashion_mnist_subset_indices(test_labels, per_class=200):
-    """Return the positions of the first `per_class` test images of each class, in order."""
-    test_labels = np.asarray(test_labels)
-    picked = [np.flatnonzero(test_labels == c)[:per_class] for c in range(10)]
-    if any(len(p) < per_class for p in picked):
-        raise ValueError(f"some class has fewer than {per_class} images")
-    return np.sort(np.concatenate(picked))
-
-
-def load_fashion_mnist_subset(path=None, checksum=FASHION_MNIST_SUBSET_SHA256):
-    """Return the 2,000 Fashion-MNIST test images the book ships (sha256-checked)."""
-    import d2ltvm
-    root = pathlib.Path(d2ltvm.__file__).resolve().parent.parent
-    path = root / "data" / "fashion_mnist_test2000.npz" if path is None else pathlib.Path(path)
-    remake = "regenerate it with `python tools/make_fashion_mnist_subset.py`"
-    if not path.is_file():
-        raise FileNotFoundError(f"{path} not found: {remake}")
-    actual = file_hash(path)
-    if actual != checksum:
-        raise ValueError(f"{path} has sha256 {actual}, not {checksum}: it is corrupt or "
-                         f"another file; {remake}")
-    with np.load(path, allow_pickle=False) as archive:
-        images, labels, indices = archive["images"], archive["labels"], archive["indices"]
-    return types.SimpleNamespace(
-        name="fashion_mnist_subset", classes=list(FASHION_MNIST_CLASSES),
-        train_images=None, train_labels=None, indices=indices.astype("int64"),
-        test_images=(images / np.float32(255)).astype("float32"),
-        test_labels=labels.astype("int64"))
-
-# ----------------------------------------------------------------------
-# Defined in chapters/relax/mlp_tensorir.ipynb
-def load_mlp_data():
-    """Return Fashion-MNIST when it can be downloaded, else the book's shipped 2,000 test images."""
-    try:
-        return load_fashion_mnist()
-    except DownloadError as err:
-        reason = "offline" if is_offline() else str(err).split(": download ")[0]
-        print(f"Full Fashion-MNIST not available ({reason}): using the book's shipped part of "
-              "its test set, the first 200 test images of each class (2,000 images).")
-        return load_fashion_mnist_subset()
-
-# ----------------------------------------------------------------------
-# Defined in chapters/relax/mlp_tensorir.ipynb
-def train_mlp(images, labels, hidden=128, epochs=20, batch_size=64, lr=0.01, seed=0):
-    """Train a 784-hidden-10 ReLU MLP with torch, deterministically; return its float32 weights w0, b0, w1, b1."""
-    import torch
-    images = np.asarray(images, dtype="float32")
-    labels = np.asarray(labels)
-    if images.ndim < 2 or labels.shape != images.shape[:1] or len(labels) == 0:
-        raise ValueError(f"need images of shape (N, ...) and N labels, got {images.shape} and {labels.shape}")
-    if not np.issubdtype(labels.dtype, np.integer) or labels.min() < 0 or labels.max() > 9:
-        raise ValueError("labels must be integers from 0 to 9")
-    x = torch.from_numpy(images.reshape(len(images), -1))
-    y = torch.from_numpy(labels.astype("int64"))
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)            # one thread: the same sums in the same order on every run
-    try:
-        with torch.random.fork_rng():   # seed torch here without disturbing the caller's generator
-            torch.manual_seed(seed)
-            net = torch.nn.Sequential(torch.nn.Linear(x.shape[1], hidden), torch.nn.ReLU(),
-                                      torch.nn.Linear(hidden, 10))
-            order = torch.Generator().manual_seed(seed)
-            opt = torch.optim.SGD(net.parameters(), lr=lr, momentum=0.9)
-            for _ in range(epochs):
-                perm = torch.randperm(len(x), generator=order)
-                for start in range(0, len(x), batch_size):
-                    batch = perm[start:start + batch_size]
-                    loss = torch.nn.functional.cross_entropy(net(x[batch]), y[batch])
-                    opt.zero_grad()
-                    loss.backward()
-                    opt.step()
-    finally:
-        torch.set_num_threads(threads)
-    first, second = net[0], net[2]
-    return {name: t.detach().numpy().astype("float32").copy() for name, t in
-            [("w0", first.weight), ("b0", first.bias), ("w1", second.weight), ("b1", second.bias)]}
-
-# ----------------------------------------------------------------------
-# Defined in chapters/relax/mlp_tensorir.ipynb
-import io
-import pathlib
-import zipfile
-
-MLP_PARAM_NAMES = ("w0", "b0", "w1", "b1")
-MLP_TEST_ACCURACY = 0.8859  # of the shipped weights, on all 10,000 Fashion-MNIST test images
-MLP_ACCURACY_BAND = 0.01  # retraining on another CPU must land this close to it
-
-
-def save_mlp_params(params, path):
-    """Save MLP weights w0, b0, w1, b1 as an .npz file whose bytes depend only on the values."""
-    missing = [k for k in MLP_PARAM_NAMES if k not in params]
-    if missing:
-        raise ValueError(f"params lacks {missing}; it needs {list(MLP_PARAM_NAMES)}")
-    with zipfile.ZipFile(path, "w", zipfile.ZIP_STORED) as archive:
-        for name in MLP_PARAM_NAMES:
-            buffer = io.BytesIO()
-            np.lib.format.write_array(buffer, np.ascontiguousarray(params[name], dtype="float32"))
-            # a fixed time stamp (np.savez stores the current time), so equal weights give equal files
-            archive.writestr(zipfile.ZipInfo(name + ".npy", date_time=(1980, 1, 1, 0, 0, 0)),
-                             buffer.getvalue())
-    return pathlib.Path(path)
-
-# ----------------------------------------------------------------------
-# Defined in chapters/relax/mlp_tensorir.ipynb
-def mlp_params_path():
-    """Return the path of the MLP weights the book ships: data/mlp_fashion.npz beside d2ltvm."""
-    import d2ltvm
-    return pathlib.Path(d2ltvm.__file__).resolve().parent.parent / "data" / "mlp_fashion.npz"
-
-
-MLP_PARAMS_SHA256 = "d72de462ca70602d036575751aeb3c49585de3883f2851035389442942f2b013"
-
-
-def load_mlp_params(path=None, checksum=MLP_PARAMS_SHA256):
-    """Return the MLP weights w0, b0, w1, b1 from `path` (default: mlp_params_path()), checked."""
-    path = mlp_params_path() if path is None else pathlib.Path(path)
-    remake = "regenerate it with `python tools/make_mlp_weights.py` in the book's folder"
-    if not path.is_file():
-        raise FileNotFoundError(f"MLP weights {path.name} not found at {path}: {remake}")
-    if checksum is not None:
-        actual = file_hash(path)
-        if not actual.startswith(checksum.lower()):
-            raise ValueError(f"{path.name} has sha256 {actual}, not {checksum}: the file is corrupt or "
-                             f"was made by another recipe; {remake}")
-    try:
-        with np.load(path, allow_pickle=False) as archive:
-            params = {name: archive[name] for name in MLP_PARAM_NAMES}
-    except (KeyError, ValueError, OSError, zipfile.BadZipFile) as err:
-        raise ValueError(f"{path.name} is not an MLP weight file with {list(MLP_PARAM_NAMES)}: {err}") from err
-    w0, b0, w1, b1 = (params[name] for name in MLP_PARAM_NAMES)
-    consistent = (w0.ndim == 2 and w1.ndim == 2 and b0.shape == w0.shape[:1]
-                  and w1.shape[1:] == w0.shape[:1] and b1.shape == w1.shape[:1])
-    if not consistent or any(p.dtype != np.float32 for p in params.values()):
-        raise ValueError(f"{path.name} holds inconsistent weights: "
-                         + ", ".join(f"{k} {v.shape} {v.dtype}" for k, v in params.items()))
-    return params
-
-# ----------------------------------------------------------------------
-# Defined in chapters/relax/mlp_tensorir.ipynb
 def numpy_mlp(data, w0, b0, w1, b1):
     """Return the MLP's class scores (N, 10) for `data` (N, 784): linear, ReLU, linear, in numpy."""
     data = np.asarray(data)
@@ -1725,7 +1514,7 @@ import urllib.request
 
 
 def is_offline():
-    """Return True when D2LTVM_OFFLINE is 1 (or true/yes/on): then nothing in the book touches the network."""
+    """Return True when D2LTVM_OFFLINE is 1 (or true/yes/on): then nothing touches the network."""
     return os.environ.get("D2LTVM_OFFLINE", "").strip().lower() in ("1", "true", "yes", "on")
 
 
@@ -1746,18 +1535,46 @@ def file_hash(path, algorithm="sha256", chunk_size=1 << 20):
 # ----------------------------------------------------------------------
 # Defined in chapters/appendix/downloads.ipynb
 class DownloadError(RuntimeError):
-    """A file could not be fetched, or a fetched or cached file does not have the expected checksum."""
+    """A file could not be fetched, or a fetched or cached file has not the expected checksum."""
 
 
+def fetch_verified(url, target, checksum, algorithm, timeout, hint):
+    """Stream `url` into `target` through a temporary file, kept only if its digest matches."""
+    filename = target.name
+    target.parent.mkdir(parents=True, exist_ok=True)
+    fd, partial = tempfile.mkstemp(prefix=filename + ".", suffix=".part", dir=target.parent)
+    try:
+        digest = hashlib.new(algorithm)
+        with os.fdopen(fd, "wb") as out, urllib.request.urlopen(url, timeout=timeout) as response:
+            for chunk in iter(lambda: response.read(1 << 20), b""):
+                digest.update(chunk)
+                out.write(chunk)
+        if not digest.hexdigest().startswith(checksum):
+            raise DownloadError(f"{url} was downloaded but its {algorithm} is "
+                                f"{digest.hexdigest()}, not {checksum}; nothing was saved. "
+                                f"If the file changed upstream, {hint}")
+        os.replace(partial, target)
+    except DownloadError:
+        raise
+    except Exception as err:
+        raise DownloadError(f"could not download {filename} ({type(err).__name__}: {err}): "
+                            f"{hint}") from err
+    finally:
+        if os.path.exists(partial):
+            os.remove(partial)
+    return target
+
+# ----------------------------------------------------------------------
+# Defined in chapters/appendix/downloads.ipynb
 def download(url, checksum, filename=None, folder=None, algorithm="sha256", timeout=60):
-    """Return the path of a checksum-verified local copy of `url`, downloading it into the cache if needed."""
+    """Return the path of a checksum-verified local copy of `url`, downloaded into the cache."""
     if algorithm not in hashlib.algorithms_available:
         raise ValueError(f"unknown hash algorithm {algorithm!r}")
     full = hashlib.new(algorithm).digest_size * 2
     if (not isinstance(checksum, str) or not 8 <= len(checksum) <= full
             or any(ch not in "0123456789abcdef" for ch in checksum.lower())):
-        raise ValueError(f"checksum must be the {algorithm} hex digest of the file (or at least its "
-                         f"first 8 digits), got {checksum!r}")
+        raise ValueError(f"checksum must be the {algorithm} hex digest of the file (or at least "
+                         f"its first 8 digits), got {checksum!r}")
     checksum = checksum.lower()
     scheme = urllib.parse.urlparse(url).scheme
     filename = filename or pathlib.PurePosixPath(urllib.parse.urlparse(url).path).name
@@ -1771,29 +1588,227 @@ def download(url, checksum, filename=None, folder=None, algorithm="sha256", time
         if actual.startswith(checksum):
             return target
         raise DownloadError(f"{target} exists but its {algorithm} is {actual}, not {checksum}: "
-                            f"it is corrupt or a different file. Delete it to download again, or {hint}")
+                            "it is corrupt or a different file. Delete it to download again, "
+                            f"or {hint}")
     if scheme != "file" and is_offline():
-        raise DownloadError(f"{filename} is not cached and D2LTVM_OFFLINE=1 forbids network access: {hint}")
-    folder.mkdir(parents=True, exist_ok=True)
-    fd, partial = tempfile.mkstemp(prefix=filename + ".", suffix=".part", dir=folder)
+        raise DownloadError(f"{filename} is not cached and D2LTVM_OFFLINE=1 forbids network "
+                            f"access: {hint}")
+    return fetch_verified(url, target, checksum, algorithm, timeout, hint)
+
+# ----------------------------------------------------------------------
+# Defined in chapters/appendix/downloads.ipynb
+import gzip
+import pathlib
+import types
+
+import numpy as np
+
+FASHION_MNIST_CLASSES = ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat",
+                         "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot"]
+# key: (file name, md5 of the published .gz file, sha256 of its uncompressed contents)
+FASHION_MNIST_FILES = {
+    "train_images": ("train-images-idx3-ubyte.gz", "8d4fb7e6c68d591d4c3dfef9ec88bf0d",
+                     "c59f468a2f672dc815687fe0f83887768d799fd8a3f3276145d20f83aa44d888"),
+    "train_labels": ("train-labels-idx1-ubyte.gz", "25c81989df183df01b3e8a0aad5dffbe",
+                     "bad3541b69d912435c50bb6ba87bec294ff4f6a2e1246121d8633921760443d9"),
+    "test_images": ("t10k-images-idx3-ubyte.gz", "bef4ecab320f06d8554ea6380940ec79",
+                    "5b4141f0afbad91edebe8549f8fcffe087ea10ca49f1dbef5c9a5cd8815ce37b"),
+    "test_labels": ("t10k-labels-idx1-ubyte.gz", "bb300cfdad3c16e7a12a480ee83cd310",
+                    "0402a96d92fd2663957122ceb108a494c5af83dab82d92729df917d7dec38c34")}
+
+
+def read_idx_gz(path, sha256=None):
+    """Return the uint8 array of a gzipped IDX file (MNIST's format); check SHA256 if given."""
+    path = pathlib.Path(path)
     try:
-        digest = hashlib.new(algorithm)
-        with os.fdopen(fd, "wb") as out, urllib.request.urlopen(url, timeout=timeout) as response:
-            for chunk in iter(lambda: response.read(1 << 20), b""):
-                digest.update(chunk)
-                out.write(chunk)
-        if not digest.hexdigest().startswith(checksum):
-            raise DownloadError(f"{url} was downloaded but its {algorithm} is {digest.hexdigest()}, "
-                                f"not {checksum}; nothing was saved. If the file changed upstream, {hint}")
-        os.replace(partial, target)
-    except DownloadError:
-        raise
-    except Exception as err:
-        raise DownloadError(f"could not download {filename} ({type(err).__name__}: {err}): {hint}") from err
+        with gzip.open(path, "rb") as f:
+            raw = f.read()
+    except (OSError, EOFError) as err:
+        raise ValueError(f"{path} is not a gzip file: {err}") from err
+    if sha256 is not None and hashlib.sha256(raw).hexdigest() != sha256:
+        raise ValueError(f"{path} is not the original {path.name}: its uncompressed contents "
+                         f"have sha256 {hashlib.sha256(raw).hexdigest()}, not {sha256}")
+    if len(raw) < 4 or raw[0] != 0 or raw[1] != 0 or raw[2] != 0x08:
+        raise ValueError(f"{path.name} is not an IDX file of unsigned bytes")
+    ndim = raw[3]
+    dims = tuple(int(d) for d in np.frombuffer(raw, ">i4", count=ndim, offset=4))
+    data = np.frombuffer(raw, np.uint8, offset=4 + 4 * ndim)
+    if data.size != int(np.prod(dims)):
+        raise ValueError(f"{path.name} holds {data.size} bytes, its header says {dims}")
+    return data.reshape(dims)
+
+# ----------------------------------------------------------------------
+# Defined in chapters/appendix/downloads.ipynb
+FASHION_MNIST_MIRROR = "http://fashion-mnist.s3-website.eu-central-1.amazonaws.com/"
+
+
+def load_fashion_mnist(folder=None, local=None):
+    """Return Fashion-MNIST as 28x28 float32 images in [0, 1] with its train/test split.
+
+    Downloaded once into `folder` (default: the cache) and md5-checked, or read from `local`, a
+    folder with the four original files (e.g. Debian's /usr/share/datasets/fashion-mnist).
+    """
+    arrays = {}
+    for key, (name, md5, sha256) in FASHION_MNIST_FILES.items():
+        if local is None:
+            path = download(FASHION_MNIST_MIRROR + name, md5, folder=folder, algorithm="md5")
+        else:
+            path = pathlib.Path(local) / name
+            if not path.is_file():
+                raise FileNotFoundError(f"{name} not found in {local}: the folder must hold "
+                                        "the four original Fashion-MNIST files")
+        arrays[key] = read_idx_gz(path, sha256=sha256)
+    return types.SimpleNamespace(
+        name="fashion_mnist", classes=list(FASHION_MNIST_CLASSES),
+        train_images=(arrays["train_images"] / np.float32(255)).astype("float32"),
+        train_labels=arrays["train_labels"].astype("int64"),
+        test_images=(arrays["test_images"] / np.float32(255)).astype("float32"),
+        test_labels=arrays["test_labels"].astype("int64"))
+
+# ----------------------------------------------------------------------
+# Defined in chapters/appendix/downloads.ipynb
+FASHION_MNIST_SUBSET_SHA256 = "8eb704ac86b9eb75aa042599560a503fb30028419df5a0128d165a8f48326d2a"
+
+
+def fashion_mnist_subset_indices(test_labels, per_class=200):
+    """Return the positions of the first `per_class` test images of each class, in order."""
+    test_labels = np.asarray(test_labels)
+    picked = [np.flatnonzero(test_labels == c)[:per_class] for c in range(10)]
+    if any(len(p) < per_class for p in picked):
+        raise ValueError(f"some class has fewer than {per_class} images")
+    return np.sort(np.concatenate(picked))
+
+
+def load_fashion_mnist_subset(path=None, checksum=FASHION_MNIST_SUBSET_SHA256):
+    """Return the 2,000 Fashion-MNIST test images the book ships (sha256-checked)."""
+    import d2ltvm
+    root = pathlib.Path(d2ltvm.__file__).resolve().parent.parent
+    path = root / "data" / "fashion_mnist_test2000.npz" if path is None else pathlib.Path(path)
+    remake = "regenerate it with `python tools/make_fashion_mnist_subset.py`"
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} not found: {remake}")
+    actual = file_hash(path)
+    if actual != checksum:
+        raise ValueError(f"{path} has sha256 {actual}, not {checksum}: it is corrupt or "
+                         f"another file; {remake}")
+    with np.load(path, allow_pickle=False) as archive:
+        images, labels, indices = archive["images"], archive["labels"], archive["indices"]
+    return types.SimpleNamespace(
+        name="fashion_mnist_subset", classes=list(FASHION_MNIST_CLASSES),
+        train_images=None, train_labels=None, indices=indices.astype("int64"),
+        test_images=(images / np.float32(255)).astype("float32"),
+        test_labels=labels.astype("int64"))
+
+# ----------------------------------------------------------------------
+# Defined in chapters/appendix/downloads.ipynb
+def load_mlp_data():
+    """Return Fashion-MNIST if it can be downloaded, else the 2,000 test images the book ships."""
+    try:
+        return load_fashion_mnist()
+    except DownloadError as err:
+        reason = "offline" if is_offline() else str(err).split(": download ")[0]
+        print(f"Full Fashion-MNIST not available ({reason}): using the book's shipped part of "
+              "its test set, the first 200 test images of each class (2,000 images).")
+        return load_fashion_mnist_subset()
+
+# ----------------------------------------------------------------------
+# Defined in chapters/appendix/downloads.ipynb
+def train_mlp(images, labels, hidden=128, epochs=20, batch_size=64, lr=0.01, seed=0):
+    """Train a 784-hidden-10 ReLU MLP with torch, deterministically; return w0, b0, w1, b1."""
+    import torch
+    images = np.asarray(images, dtype="float32")
+    labels = np.asarray(labels)
+    if images.ndim < 2 or labels.shape != images.shape[:1] or len(labels) == 0:
+        raise ValueError(f"need images of shape (N, ...) and N labels, got {images.shape} "
+                         f"and {labels.shape}")
+    if not np.issubdtype(labels.dtype, np.integer) or labels.min() < 0 or labels.max() > 9:
+        raise ValueError("labels must be integers from 0 to 9")
+    x = torch.from_numpy(images.reshape(len(images), -1))
+    y = torch.from_numpy(labels.astype("int64"))
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)            # one thread: the same sums in the same order on every run
+    try:
+        with torch.random.fork_rng():   # seed torch here without disturbing the caller's generator
+            torch.manual_seed(seed)
+            net = torch.nn.Sequential(torch.nn.Linear(x.shape[1], hidden), torch.nn.ReLU(),
+                                      torch.nn.Linear(hidden, 10))
+            order = torch.Generator().manual_seed(seed)
+            opt = torch.optim.SGD(net.parameters(), lr=lr, momentum=0.9)
+            for _ in range(epochs):
+                perm = torch.randperm(len(x), generator=order)
+                for start in range(0, len(x), batch_size):
+                    batch = perm[start:start + batch_size]
+                    loss = torch.nn.functional.cross_entropy(net(x[batch]), y[batch])
+                    opt.zero_grad()
+                    loss.backward()
+                    opt.step()
     finally:
-        if os.path.exists(partial):
-            os.remove(partial)
-    return target
+        torch.set_num_threads(threads)
+    layers = {"w0": net[0].weight, "b0": net[0].bias, "w1": net[2].weight, "b1": net[2].bias}
+    return {name: t.detach().numpy().astype("float32").copy() for name, t in layers.items()}
+
+# ----------------------------------------------------------------------
+# Defined in chapters/appendix/downloads.ipynb
+import io
+import pathlib
+import zipfile
+
+import numpy as np
+
+MLP_PARAM_NAMES = ("w0", "b0", "w1", "b1")
+MLP_TEST_ACCURACY = 0.8859  # of the shipped weights, on all 10,000 Fashion-MNIST test images
+MLP_ACCURACY_BAND = 0.01  # retraining on another CPU must land this close to it
+
+
+def save_mlp_params(params, path):
+    """Save MLP weights w0, b0, w1, b1 as an .npz file whose bytes depend only on the values."""
+    missing = [k for k in MLP_PARAM_NAMES if k not in params]
+    if missing:
+        raise ValueError(f"params lacks {missing}; it needs {list(MLP_PARAM_NAMES)}")
+    with zipfile.ZipFile(path, "w", zipfile.ZIP_STORED) as archive:
+        for name in MLP_PARAM_NAMES:
+            buffer = io.BytesIO()
+            np.lib.format.write_array(buffer, np.ascontiguousarray(params[name], dtype="float32"))
+            # a fixed time stamp (np.savez stores the time now): equal weights, equal files
+            archive.writestr(zipfile.ZipInfo(name + ".npy", date_time=(1980, 1, 1, 0, 0, 0)),
+                             buffer.getvalue())
+    return pathlib.Path(path)
+
+# ----------------------------------------------------------------------
+# Defined in chapters/appendix/downloads.ipynb
+def mlp_params_path():
+    """Return the path of the MLP weights the book ships: data/mlp_fashion.npz beside d2ltvm."""
+    import d2ltvm
+    return pathlib.Path(d2ltvm.__file__).resolve().parent.parent / "data" / "mlp_fashion.npz"
+
+
+MLP_PARAMS_SHA256 = "d72de462ca70602d036575751aeb3c49585de3883f2851035389442942f2b013"
+
+
+def load_mlp_params(path=None, checksum=MLP_PARAMS_SHA256):
+    """Return the MLP weights w0, b0, w1, b1 from `path` (default: mlp_params_path()), checked."""
+    path = mlp_params_path() if path is None else pathlib.Path(path)
+    remake = "regenerate it with `python tools/make_mlp_weights.py` in the book's folder"
+    if not path.is_file():
+        raise FileNotFoundError(f"MLP weights {path.name} not found at {path}: {remake}")
+    if checksum is not None:
+        actual = file_hash(path)
+        if not actual.startswith(checksum.lower()):
+            raise ValueError(f"{path.name} has sha256 {actual}, not {checksum}: the file is "
+                             f"corrupt or was made by another recipe; {remake}")
+    try:
+        with np.load(path, allow_pickle=False) as archive:
+            params = {name: archive[name] for name in MLP_PARAM_NAMES}
+    except (KeyError, ValueError, OSError, zipfile.BadZipFile) as err:
+        raise ValueError(f"{path.name} is not an MLP weight file with "
+                         f"{list(MLP_PARAM_NAMES)}: {err}") from err
+    w0, b0, w1, b1 = (params[name] for name in MLP_PARAM_NAMES)
+    consistent = (w0.ndim == 2 and w1.ndim == 2 and b0.shape == w0.shape[:1]
+                  and w1.shape[1:] == w0.shape[:1] and b1.shape == w1.shape[:1])
+    if not consistent or any(p.dtype != np.float32 for p in params.values()):
+        raise ValueError(f"{path.name} holds inconsistent weights: "
+                         + ", ".join(f"{k} {v.shape} {v.dtype}" for k, v in params.items()))
+    return params
 
 # ----------------------------------------------------------------------
 # Defined in chapters/appendix/downloads.ipynb

@@ -1,4 +1,5 @@
-"""Unit tests of the helpers saved by chapters/relax/mlp_tensorir.ipynb (data, training, weights, numpy MLP)."""
+"""Unit tests of the MLP helpers: Fashion-MNIST, training and weights (saved by
+chapters/appendix/downloads.ipynb) and numpy_mlp (saved by chapters/relax/mlp_tensorir.ipynb)."""
 import gzip
 import hashlib
 import os

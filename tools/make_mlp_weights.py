@@ -1,11 +1,12 @@
 #!/usr/bin/env python3
-"""Regenerate data/mlp_fashion.npz, the MLP weights of chapters/relax/mlp_tensorir.ipynb.
+"""Regenerate data/mlp_fashion.npz, the MLP weights the book ships (see
+chapters/appendix/downloads.ipynb for the recipe and the loader).
 
     python tools/make_mlp_weights.py                                  # download Fashion-MNIST
     python tools/make_mlp_weights.py --local /usr/share/datasets/fashion-mnist
     python tools/make_mlp_weights.py --check      # retrain, compare, write nothing
 
-Trains the 784-128-10 MLP on all 60,000 Fashion-MNIST training images exactly as the chapter's
+Trains the 784-128-10 MLP on all 60,000 Fashion-MNIST training images exactly as the appendix's
 recipe says (d2ltvm.train_mlp with its defaults: 20 epochs, SGD with momentum, lr 0.01, seed 0,
 one thread; about 30 seconds), from the original files (downloaded and md5-checked, or a local
 copy such as Debian's package dataset-fashion-mnist, checked by content). It saves the weights
