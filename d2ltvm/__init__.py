@@ -11,7 +11,10 @@ import numpy as np
 
 
 def get_abc(shape, constructor=None, seed=0):
-    """Return random float32 arrays a, b and a zero array c of `shape`, each passed through `constructor`."""
+    """Return random float32 arrays a, b and a zero array c of `shape`.
+
+    With `constructor`, each array is passed through it (e.g. to make TVM tensors).
+    """
     dims = (shape,) if isinstance(shape, (int, np.integer)) else shape
     if (not isinstance(dims, (tuple, list)) or not dims
             or not all(isinstance(d, (int, np.integer)) and d > 0 for d in dims)):
@@ -44,8 +47,6 @@ def vector_add(n):
 import json
 import os
 import platform
-
-VECTOR_BITS = {"x86-64-avx512": 512, "x86-64-avx2": 256, "x86-64": 128, "aarch64": 128}
 
 
 def usable_cores():
@@ -90,6 +91,32 @@ def target_arch(target):
     return {"amd64": "x86_64", "arm64": "aarch64"}.get(arch, arch)
 
 
+def instruction_features(target):
+    """Return the instruction-set extensions LLVM enables for TARGET (not its tuning flags)."""
+    import re
+    pattern = re.compile(r"(sse|ssse|avx|fma|f16c|bmi|amx|aes|sha|vaes|vpclmul|gfni|popcnt|lzcnt|"
+                         r"movbe|adx|sve|sme|neon|dotprod|i8mm|bf16|fp16|fullfp16|crc|lse|rcpc)")
+    return {f for f in tvm.target.codegen.llvm_get_cpu_features(target) if pattern.match(f)}
+
+
+def check_target_runs_here(target):
+    """Raise RuntimeError if code built for TARGET could use instructions this CPU lacks."""
+    host = tvm.target.Target.from_device(tvm.cpu())
+    if target_arch(target) != target_arch(host):
+        raise RuntimeError(f"the target {target} compiles for {target_arch(target)}, but this "
+                           f"machine is {target_arch(host)}: its code cannot run here")
+    missing = sorted(instruction_features(target) - instruction_features(host))
+    if missing:
+        raise RuntimeError(f"code built for {target} may use instructions this CPU "
+                           f"({host.attrs['mcpu']}) lacks: {', '.join(missing[:8])}; unset "
+                           f"D2LTVM_TARGET or name a CPU class this machine runs")
+    return target
+
+# ----------------------------------------------------------------------
+# Defined in chapters/getting_started/vector_add.ipynb
+VECTOR_BITS = {"x86-64-avx512": 512, "x86-64-avx2": 256, "x86-64": 128, "aarch64": 128}
+
+
 def isa_class(target):
     """Name a target's instruction-set class: x86-64-avx512, x86-64-avx2, x86-64, aarch64, ..."""
     arch, has = target_arch(target), tvm.target.codegen.llvm_cpu_has_features
@@ -118,29 +145,6 @@ def cpu_model():
     except (OSError, subprocess.SubprocessError):
         pass
     return platform.processor() or platform.machine()
-
-# ----------------------------------------------------------------------
-# Defined in chapters/getting_started/vector_add.ipynb
-def instruction_features(target):
-    """Return the instruction-set extensions LLVM enables for TARGET (not its tuning flags)."""
-    import re
-    pattern = re.compile(r"(sse|ssse|avx|fma|f16c|bmi|amx|aes|sha|vaes|vpclmul|gfni|popcnt|lzcnt|"
-                         r"movbe|adx|sve|sme|neon|dotprod|i8mm|bf16|fp16|fullfp16|crc|lse|rcpc)")
-    return {f for f in tvm.target.codegen.llvm_get_cpu_features(target) if pattern.match(f)}
-
-
-def check_target_runs_here(target):
-    """Raise RuntimeError if code built for TARGET could use instructions this CPU lacks."""
-    host = tvm.target.Target.from_device(tvm.cpu())
-    if target_arch(target) != target_arch(host):
-        raise RuntimeError(f"the target {target} compiles for {target_arch(target)}, but this "
-                           f"machine is {target_arch(host)}: its code cannot run here")
-    missing = sorted(instruction_features(target) - instruction_features(host))
-    if missing:
-        raise RuntimeError(f"code built for {target} may use instructions this CPU "
-                           f"({host.attrs['mcpu']}) lacks: {', '.join(missing[:8])}; unset "
-                           f"D2LTVM_TARGET or name a CPU class this machine runs")
-    return target
 
 
 def machine_facts(target=None):
