@@ -383,7 +383,14 @@ from tvm import te
 
 
 def te_matmul(A, B):
-    """Return the tensor expression of the matrix product A @ B (2-D tensors)."""
+    """Return the tensor expression of the matrix product A @ B.
+
+    Raises ValueError unless A is an (n, k) and B a (k, m) tensor.
+    """
+    def dims(t):
+        return tuple(int(s) if isinstance(s, tvm.tirx.IntImm) else s for s in t.shape)
+    if len(A.shape) != 2 or len(B.shape) != 2 or not bool(A.shape[1] == B.shape[0]):
+        raise ValueError(f"te_matmul needs shapes (n, k) and (k, m), got {dims(A)} and {dims(B)}")
     k = te.reduce_axis((0, A.shape[1]), name="k")
     return te.compute((A.shape[0], B.shape[1]),
                       lambda i, j: te.sum(A[i, k] * B[k, j], axis=k), name="matmul")
@@ -391,7 +398,8 @@ def te_matmul(A, B):
 
 def te_relu(A):
     """Return the tensor expression of max(A, 0), elementwise, for a tensor of any rank."""
-    return te.compute(A.shape, lambda *i: te.max(A(*i), tvm.tirx.const(0, A.dtype)), name="relu")
+    return te.compute(A.shape, lambda *i: te.max(A(*i), tvm.tirx.const(0, A.dtype)),
+                      name="relu")
 
 # ----------------------------------------------------------------------
 # Defined in chapters/relax/blockbuilder_fx.ipynb
@@ -403,41 +411,53 @@ def map_param(param):
     return relax.const(param.detach().cpu().numpy().astype("float32"), "float32")
 
 
-def from_fx(fx_module, input_shapes, call_function_map, call_module_map, dtype="float32"):
-    """Translate a torch.fx GraphModule into a Relax IRModule, parameters as constants, via rule tables."""
+def _fx_check_rules(fx_module, call_function_map, call_module_map):
+    """Raise NotImplementedError, naming the node, if from_fx has no rule for some node."""
     import torch
-    nodes = list(fx_module.graph.nodes)
     modules = dict(fx_module.named_modules())
-    placeholders = [n for n in nodes if n.op == "placeholder"]
+    for node in fx_module.graph.nodes:
+        if node.op == "call_function" and node.target not in call_function_map:
+            name = getattr(node.target, "__name__", str(node.target))
+            owner = getattr(node.target, "__module__", None) or ""
+            raise NotImplementedError(
+                f"no translation rule for function {owner + '.' if owner else ''}{name} "
+                f"(fx node '{node.name}'); add one to call_function_map")
+        if node.op == "call_module" and type(modules[node.target]) not in call_module_map:
+            kind = type(modules[node.target])
+            raise NotImplementedError(
+                f"no translation rule for module '{node.target}' of type "
+                f"{kind.__module__}.{kind.__name__}; add one to call_module_map")
+        if node.op not in ("placeholder", "get_attr", "call_function", "call_module", "output"):
+            raise NotImplementedError(
+                f"fx opcode '{node.op}' (node '{node.name}', target {node.target!r}) "
+                "is not supported; rewrite it as a torch function call")
+        if node.op == "output" and not isinstance(node.args[0], torch.fx.Node):
+            raise NotImplementedError(
+                f"only a single tensor output is supported, got {node.args[0]!r}")
+
+# ----------------------------------------------------------------------
+# Defined in chapters/relax/blockbuilder_fx.ipynb
+def from_fx(fx_module, input_shapes, call_function_map, call_module_map, dtype="float32"):
+    """Translate a torch.fx GraphModule into a Relax IRModule with the given rule tables.
+
+    `input_shapes` holds one shape per model input; parameters become constants.
+    """
+    placeholders = [n for n in fx_module.graph.nodes if n.op == "placeholder"]
     if len(placeholders) != len(input_shapes):
         raise ValueError(f"the model takes {len(placeholders)} input(s) "
                          f"({', '.join(n.name for n in placeholders)}), but {len(input_shapes)} "
                          "shape(s) were given")
-    # Check every node before building anything, so that a missing rule is reported by name.
-    for node in nodes:
-        if node.op == "call_function" and node.target not in call_function_map:
-            name = getattr(node.target, "__name__", str(node.target))
-            owner = getattr(node.target, "__module__", None) or ""
-            raise NotImplementedError(f"no translation rule for function {owner + '.' if owner else ''}{name} "
-                                      f"(fx node '{node.name}'); add one to call_function_map")
-        if node.op == "call_module" and type(modules[node.target]) not in call_module_map:
-            kind = type(modules[node.target])
-            raise NotImplementedError(f"no translation rule for module '{node.target}' of type "
-                                      f"{kind.__module__}.{kind.__name__}; add one to call_module_map")
-        if node.op not in ("placeholder", "get_attr", "call_function", "call_module", "output"):
-            raise NotImplementedError(f"fx opcode '{node.op}' (node '{node.name}', target {node.target!r}) "
-                                      "is not supported; rewrite it as a torch function call")
-        if node.op == "output" and not isinstance(node.args[0], torch.fx.Node):
-            raise NotImplementedError(f"only a single tensor output is supported, got {node.args[0]!r}")
+    _fx_check_rules(fx_module, call_function_map, call_module_map)
+    modules = dict(fx_module.named_modules())
     node_map, inputs = {}, []
     bb = relax.BlockBuilder()
     with bb.function("main"):
         with bb.dataflow():
-            for node in nodes:
+            for node in fx_module.graph.nodes:
                 if node.op == "placeholder":
-                    var = relax.Var(node.name, relax.TensorType(tuple(input_shapes[len(inputs)]), dtype))
-                    inputs.append(var)
-                    node_map[node] = var
+                    shape = tuple(input_shapes[len(inputs)])
+                    node_map[node] = relax.Var(node.name, relax.TensorType(shape, dtype))
+                    inputs.append(node_map[node])
                 elif node.op == "get_attr":
                     value = fx_module
                     for part in node.target.split("."):
@@ -469,14 +489,16 @@ def _fx_flatten_shape(shape, start_dim=0, end_dim=-1):
 
 
 def _fx_operand(bb, node_map, arg):
-    """Return the Relax value of an fx argument: a mapped node, or a Python number as a constant."""
+    """Return the Relax value of an fx argument: a mapped node, or a number as a constant."""
     import torch
     return node_map[arg] if isinstance(arg, torch.fx.Node) else relax.const(float(arg), "float32")
 
-
+# ----------------------------------------------------------------------
+# Defined in chapters/relax/blockbuilder_fx.ipynb
 def te_fx_maps():
     """Return (call_function_map, call_module_map) for from_fx that emit TE/TOPI PrimFuncs."""
     import torch
+
     def matmul(bb, node_map, node):
         return bb.emit_te(te_matmul, node_map[node.args[0]], node_map[node.args[1]])
 
@@ -505,7 +527,8 @@ def te_fx_maps():
 
     def nn_flatten(bb, node_map, node, module):
         x = node_map[node.args[0]]
-        return bb.emit_te(topi.reshape, x, _fx_flatten_shape(x.ty.shape, module.start_dim, module.end_dim))
+        shape = _fx_flatten_shape(x.ty.shape, module.start_dim, module.end_dim)
+        return bb.emit_te(topi.reshape, x, shape)
 
     functions = {torch.matmul: matmul, torch.relu: relu, torch.add: add, operator.add: add,
                  torch.flatten: flatten}
@@ -515,8 +538,9 @@ def te_fx_maps():
 # ----------------------------------------------------------------------
 # Defined in chapters/relax/blockbuilder_fx.ipynb
 def op_fx_maps():
-    """Return (call_function_map, call_module_map) for from_fx that emit high-level Relax operators."""
+    """Return (call_function_map, call_module_map) for from_fx that emit Relax operators."""
     import torch
+
     def matmul(bb, node_map, node):
         return bb.emit(relax.op.matmul(node_map[node.args[0]], node_map[node.args[1]]))
 
@@ -542,7 +566,8 @@ def op_fx_maps():
 
     def nn_flatten(bb, node_map, node, module):
         x = node_map[node.args[0]]
-        return bb.emit(relax.op.reshape(x, _fx_flatten_shape(x.ty.shape, module.start_dim, module.end_dim)))
+        shape = _fx_flatten_shape(x.ty.shape, module.start_dim, module.end_dim)
+        return bb.emit(relax.op.reshape(x, shape))
 
     functions = {torch.matmul: matmul, torch.relu: relu, torch.add: add, operator.add: add,
                  torch.flatten: flatten}
