@@ -11,7 +11,10 @@ import numpy as np
 
 
 def get_abc(shape, constructor=None, seed=0):
-    """Return random float32 arrays a, b and a zero array c of `shape`, each passed through `constructor`."""
+    """Return random float32 arrays a, b and a zero array c of `shape`.
+
+    With `constructor`, each array is passed through it (e.g. to make TVM tensors).
+    """
     dims = (shape,) if isinstance(shape, (int, np.integer)) else shape
     if (not isinstance(dims, (tuple, list)) or not dims
             or not all(isinstance(d, (int, np.integer)) and d > 0 for d in dims)):
@@ -44,8 +47,6 @@ def vector_add(n):
 import json
 import os
 import platform
-
-VECTOR_BITS = {"x86-64-avx512": 512, "x86-64-avx2": 256, "x86-64": 128, "aarch64": 128}
 
 
 def usable_cores():
@@ -90,6 +91,32 @@ def target_arch(target):
     return {"amd64": "x86_64", "arm64": "aarch64"}.get(arch, arch)
 
 
+def instruction_features(target):
+    """Return the instruction-set extensions LLVM enables for TARGET (not its tuning flags)."""
+    import re
+    pattern = re.compile(r"(sse|ssse|avx|fma|f16c|bmi|amx|aes|sha|vaes|vpclmul|gfni|popcnt|lzcnt|"
+                         r"movbe|adx|sve|sme|neon|dotprod|i8mm|bf16|fp16|fullfp16|crc|lse|rcpc)")
+    return {f for f in tvm.target.codegen.llvm_get_cpu_features(target) if pattern.match(f)}
+
+
+def check_target_runs_here(target):
+    """Raise RuntimeError if code built for TARGET could use instructions this CPU lacks."""
+    host = tvm.target.Target.from_device(tvm.cpu())
+    if target_arch(target) != target_arch(host):
+        raise RuntimeError(f"the target {target} compiles for {target_arch(target)}, but this "
+                           f"machine is {target_arch(host)}: its code cannot run here")
+    missing = sorted(instruction_features(target) - instruction_features(host))
+    if missing:
+        raise RuntimeError(f"code built for {target} may use instructions this CPU "
+                           f"({host.attrs['mcpu']}) lacks: {', '.join(missing[:8])}; unset "
+                           f"D2LTVM_TARGET or name a CPU class this machine runs")
+    return target
+
+# ----------------------------------------------------------------------
+# Defined in chapters/getting_started/vector_add.ipynb
+VECTOR_BITS = {"x86-64-avx512": 512, "x86-64-avx2": 256, "x86-64": 128, "aarch64": 128}
+
+
 def isa_class(target):
     """Name a target's instruction-set class: x86-64-avx512, x86-64-avx2, x86-64, aarch64, ..."""
     arch, has = target_arch(target), tvm.target.codegen.llvm_cpu_has_features
@@ -119,29 +146,6 @@ def cpu_model():
         pass
     return platform.processor() or platform.machine()
 
-# ----------------------------------------------------------------------
-# Defined in chapters/getting_started/vector_add.ipynb
-def instruction_features(target):
-    """Return the instruction-set extensions LLVM enables for TARGET (not its tuning flags)."""
-    import re
-    pattern = re.compile(r"(sse|ssse|avx|fma|f16c|bmi|amx|aes|sha|vaes|vpclmul|gfni|popcnt|lzcnt|"
-                         r"movbe|adx|sve|sme|neon|dotprod|i8mm|bf16|fp16|fullfp16|crc|lse|rcpc)")
-    return {f for f in tvm.target.codegen.llvm_get_cpu_features(target) if pattern.match(f)}
-
-
-def check_target_runs_here(target):
-    """Raise RuntimeError if code built for TARGET could use instructions this CPU lacks."""
-    host = tvm.target.Target.from_device(tvm.cpu())
-    if target_arch(target) != target_arch(host):
-        raise RuntimeError(f"the target {target} compiles for {target_arch(target)}, but this "
-                           f"machine is {target_arch(host)}: its code cannot run here")
-    missing = sorted(instruction_features(target) - instruction_features(host))
-    if missing:
-        raise RuntimeError(f"code built for {target} may use instructions this CPU "
-                           f"({host.attrs['mcpu']}) lacks: {', '.join(missing[:8])}; unset "
-                           f"D2LTVM_TARGET or name a CPU class this machine runs")
-    return target
-
 
 def machine_facts(target=None):
     """Return what the book's results depend on: CPU model, vector ISA class, cores, target."""
@@ -168,7 +172,14 @@ from tvm import te
 
 
 def te_matmul(A, B):
-    """Return the tensor expression of the matrix product A @ B (2-D tensors)."""
+    """Return the tensor expression of the matrix product A @ B.
+
+    Raises ValueError unless A is an (n, k) and B a (k, m) tensor.
+    """
+    def dims(t):
+        return tuple(int(s) if isinstance(s, tvm.tirx.IntImm) else s for s in t.shape)
+    if len(A.shape) != 2 or len(B.shape) != 2 or not bool(A.shape[1] == B.shape[0]):
+        raise ValueError(f"te_matmul needs shapes (n, k) and (k, m), got {dims(A)} and {dims(B)}")
     k = te.reduce_axis((0, A.shape[1]), name="k")
     return te.compute((A.shape[0], B.shape[1]),
                       lambda i, j: te.sum(A[i, k] * B[k, j], axis=k), name="matmul")
@@ -176,7 +187,8 @@ def te_matmul(A, B):
 
 def te_relu(A):
     """Return the tensor expression of max(A, 0), elementwise, for a tensor of any rank."""
-    return te.compute(A.shape, lambda *i: te.max(A(*i), tvm.tirx.const(0, A.dtype)), name="relu")
+    return te.compute(A.shape, lambda *i: te.max(A(*i), tvm.tirx.const(0, A.dtype)),
+                      name="relu")
 
 # ----------------------------------------------------------------------
 # Defined in chapters/relax/blockbuilder_fx.ipynb
@@ -188,41 +200,53 @@ def map_param(param):
     return relax.const(param.detach().cpu().numpy().astype("float32"), "float32")
 
 
-def from_fx(fx_module, input_shapes, call_function_map, call_module_map, dtype="float32"):
-    """Translate a torch.fx GraphModule into a Relax IRModule, parameters as constants, via rule tables."""
+def _fx_check_rules(fx_module, call_function_map, call_module_map):
+    """Raise NotImplementedError, naming the node, if from_fx has no rule for some node."""
     import torch
-    nodes = list(fx_module.graph.nodes)
     modules = dict(fx_module.named_modules())
-    placeholders = [n for n in nodes if n.op == "placeholder"]
+    for node in fx_module.graph.nodes:
+        if node.op == "call_function" and node.target not in call_function_map:
+            name = getattr(node.target, "__name__", str(node.target))
+            owner = getattr(node.target, "__module__", None) or ""
+            raise NotImplementedError(
+                f"no translation rule for function {owner + '.' if owner else ''}{name} "
+                f"(fx node '{node.name}'); add one to call_function_map")
+        if node.op == "call_module" and type(modules[node.target]) not in call_module_map:
+            kind = type(modules[node.target])
+            raise NotImplementedError(
+                f"no translation rule for module '{node.target}' of type "
+                f"{kind.__module__}.{kind.__name__}; add one to call_module_map")
+        if node.op not in ("placeholder", "get_attr", "call_function", "call_module", "output"):
+            raise NotImplementedError(
+                f"fx opcode '{node.op}' (node '{node.name}', target {node.target!r}) "
+                "is not supported; rewrite it as a torch function call")
+        if node.op == "output" and not isinstance(node.args[0], torch.fx.Node):
+            raise NotImplementedError(
+                f"only a single tensor output is supported, got {node.args[0]!r}")
+
+# ----------------------------------------------------------------------
+# Defined in chapters/relax/blockbuilder_fx.ipynb
+def from_fx(fx_module, input_shapes, call_function_map, call_module_map, dtype="float32"):
+    """Translate a torch.fx GraphModule into a Relax IRModule with the given rule tables.
+
+    `input_shapes` holds one shape per model input; parameters become constants.
+    """
+    placeholders = [n for n in fx_module.graph.nodes if n.op == "placeholder"]
     if len(placeholders) != len(input_shapes):
         raise ValueError(f"the model takes {len(placeholders)} input(s) "
                          f"({', '.join(n.name for n in placeholders)}), but {len(input_shapes)} "
                          "shape(s) were given")
-    # Check every node before building anything, so that a missing rule is reported by name.
-    for node in nodes:
-        if node.op == "call_function" and node.target not in call_function_map:
-            name = getattr(node.target, "__name__", str(node.target))
-            owner = getattr(node.target, "__module__", None) or ""
-            raise NotImplementedError(f"no translation rule for function {owner + '.' if owner else ''}{name} "
-                                      f"(fx node '{node.name}'); add one to call_function_map")
-        if node.op == "call_module" and type(modules[node.target]) not in call_module_map:
-            kind = type(modules[node.target])
-            raise NotImplementedError(f"no translation rule for module '{node.target}' of type "
-                                      f"{kind.__module__}.{kind.__name__}; add one to call_module_map")
-        if node.op not in ("placeholder", "get_attr", "call_function", "call_module", "output"):
-            raise NotImplementedError(f"fx opcode '{node.op}' (node '{node.name}', target {node.target!r}) "
-                                      "is not supported; rewrite it as a torch function call")
-        if node.op == "output" and not isinstance(node.args[0], torch.fx.Node):
-            raise NotImplementedError(f"only a single tensor output is supported, got {node.args[0]!r}")
+    _fx_check_rules(fx_module, call_function_map, call_module_map)
+    modules = dict(fx_module.named_modules())
     node_map, inputs = {}, []
     bb = relax.BlockBuilder()
     with bb.function("main"):
         with bb.dataflow():
-            for node in nodes:
+            for node in fx_module.graph.nodes:
                 if node.op == "placeholder":
-                    var = relax.Var(node.name, relax.TensorType(tuple(input_shapes[len(inputs)]), dtype))
-                    inputs.append(var)
-                    node_map[node] = var
+                    shape = tuple(input_shapes[len(inputs)])
+                    node_map[node] = relax.Var(node.name, relax.TensorType(shape, dtype))
+                    inputs.append(node_map[node])
                 elif node.op == "get_attr":
                     value = fx_module
                     for part in node.target.split("."):
@@ -254,14 +278,16 @@ def _fx_flatten_shape(shape, start_dim=0, end_dim=-1):
 
 
 def _fx_operand(bb, node_map, arg):
-    """Return the Relax value of an fx argument: a mapped node, or a Python number as a constant."""
+    """Return the Relax value of an fx argument: a mapped node, or a number as a constant."""
     import torch
     return node_map[arg] if isinstance(arg, torch.fx.Node) else relax.const(float(arg), "float32")
 
-
+# ----------------------------------------------------------------------
+# Defined in chapters/relax/blockbuilder_fx.ipynb
 def te_fx_maps():
     """Return (call_function_map, call_module_map) for from_fx that emit TE/TOPI PrimFuncs."""
     import torch
+
     def matmul(bb, node_map, node):
         return bb.emit_te(te_matmul, node_map[node.args[0]], node_map[node.args[1]])
 
@@ -290,7 +316,8 @@ def te_fx_maps():
 
     def nn_flatten(bb, node_map, node, module):
         x = node_map[node.args[0]]
-        return bb.emit_te(topi.reshape, x, _fx_flatten_shape(x.ty.shape, module.start_dim, module.end_dim))
+        shape = _fx_flatten_shape(x.ty.shape, module.start_dim, module.end_dim)
+        return bb.emit_te(topi.reshape, x, shape)
 
     functions = {torch.matmul: matmul, torch.relu: relu, torch.add: add, operator.add: add,
                  torch.flatten: flatten}
@@ -300,8 +327,9 @@ def te_fx_maps():
 # ----------------------------------------------------------------------
 # Defined in chapters/relax/blockbuilder_fx.ipynb
 def op_fx_maps():
-    """Return (call_function_map, call_module_map) for from_fx that emit high-level Relax operators."""
+    """Return (call_function_map, call_module_map) for from_fx that emit Relax operators."""
     import torch
+
     def matmul(bb, node_map, node):
         return bb.emit(relax.op.matmul(node_map[node.args[0]], node_map[node.args[1]]))
 
@@ -327,7 +355,8 @@ def op_fx_maps():
 
     def nn_flatten(bb, node_map, node, module):
         x = node_map[node.args[0]]
-        return bb.emit(relax.op.reshape(x, _fx_flatten_shape(x.ty.shape, module.start_dim, module.end_dim)))
+        shape = _fx_flatten_shape(x.ty.shape, module.start_dim, module.end_dim)
+        return bb.emit(relax.op.reshape(x, shape))
 
     functions = {torch.matmul: matmul, torch.relu: relu, torch.add: add, operator.add: add,
                  torch.flatten: flatten}

@@ -59,7 +59,8 @@ CASES = [
 
 
 @pytest.mark.parametrize("style", sorted(STYLES))
-@pytest.mark.parametrize("make,shapes", CASES, ids=["matmul_relu", "mlp", "mlp_no_bias", "residual", "two_inputs"])
+@pytest.mark.parametrize("make,shapes", CASES,
+                         ids=["matmul_relu", "mlp", "mlp_no_bias", "residual", "two_inputs"])
 def test_translator_matches_torch(style, make, shapes):
     torch.manual_seed(0)
     model = make().eval()
@@ -87,13 +88,15 @@ def test_unmapped_function_is_named():
     class Sig(torch.nn.Module):
         def forward(self, x):
             return torch.sigmoid(x)
-    with pytest.raises(NotImplementedError, match=r"no translation rule for function torch\.sigmoid .*'sigmoid'"):
+    message = r"no translation rule for function torch\.sigmoid .*'sigmoid'"
+    with pytest.raises(NotImplementedError, match=message):
         d2ltvm.from_fx(torch.fx.symbolic_trace(Sig()), [(1, 4)], *d2ltvm.te_fx_maps())
 
 
 def test_unmapped_module_is_named():
     model = torch.nn.Sequential(torch.nn.Linear(4, 4), torch.nn.GELU())
-    with pytest.raises(NotImplementedError, match=r"module '1' of type torch\.nn\.modules\.activation\.GELU"):
+    message = r"module '1' of type torch\.nn\.modules\.activation\.GELU"
+    with pytest.raises(NotImplementedError, match=message):
         d2ltvm.from_fx(torch.fx.symbolic_trace(model), [(1, 4)], *d2ltvm.op_fx_maps())
 
 
@@ -107,7 +110,8 @@ def test_call_method_is_refused_clearly():
 
 def test_wrong_number_of_input_shapes():
     with pytest.raises(ValueError, match=r"takes 2 input\(s\) \(x, y\), but 1 shape"):
-        d2ltvm.from_fx(torch.fx.symbolic_trace(FlattenMiddle()), [(2, 3, 4, 5)], *d2ltvm.op_fx_maps())
+        d2ltvm.from_fx(torch.fx.symbolic_trace(FlattenMiddle()), [(2, 3, 4, 5)],
+                       *d2ltvm.op_fx_maps())
 
 
 def test_te_matmul_and_relu():
@@ -116,13 +120,62 @@ def test_te_matmul_and_relu():
     B = te.placeholder((4, 5), name="B")
     C = d2ltvm.te_matmul(A, B)
     D = d2ltvm.te_relu(C)
-    f = tvm.compile(tvm.IRModule({"main": te.create_prim_func([A, B, D])}), target=d2ltvm.host_target())["main"]
+    mod = tvm.IRModule({"main": te.create_prim_func([A, B, D])})
+    f = tvm.compile(mod, target=d2ltvm.host_target())["main"]
     rng = np.random.default_rng(0)
-    a, b = rng.standard_normal((3, 4)).astype("float32"), rng.standard_normal((4, 5)).astype("float32")
+    a = rng.standard_normal((3, 4)).astype("float32")
+    b = rng.standard_normal((4, 5)).astype("float32")
     d = tvm.runtime.tensor(np.zeros((3, 5), "float32"))
     f(tvm.runtime.tensor(a), tvm.runtime.tensor(b), d)
     np.testing.assert_allclose(d.numpy(), np.maximum(a @ b, 0), rtol=1e-5, atol=1e-6)
     assert (d.numpy() == 0).any() and (d.numpy() > 0).any()
+
+
+@pytest.mark.parametrize("a_shape, b_shape",
+                         [((3, 4), (5, 6)), ((3,), (3, 2)), ((2, 3, 4), (4, 2))])
+def test_te_matmul_refuses_shapes_that_cannot_be_multiplied(a_shape, b_shape):
+    from tvm import te
+    A, B = te.placeholder(a_shape, name="A"), te.placeholder(b_shape, name="B")
+    with pytest.raises(ValueError, match=r"te_matmul needs shapes \(n, k\) and \(k, m\), got"):
+        d2ltvm.te_matmul(A, B)
+
+
+def test_te_matmul_accepts_a_symbolic_inner_size_and_refuses_through_emit_te():
+    from tvm import te
+    n = tvm.tirx.Var("n", "int64")
+    C = d2ltvm.te_matmul(te.placeholder((4, n), name="A"), te.placeholder((n, 5), name="B"))
+    assert [int(s) for s in C.shape] == [4, 5]
+    x = relax.Var("x", relax.TensorType((2, 3), "float32"))
+    w = relax.Var("w", relax.TensorType((4, 5), "float32"))
+    bb = relax.BlockBuilder()
+    with pytest.raises(ValueError, match=r"got \(2, 3\) and \(4, 5\)"):
+        with bb.function("main", params=[x, w]):
+            bb.emit_func_output(bb.emit_te(d2ltvm.te_matmul, x, w))
+
+
+def test_both_routes_fuse_into_the_same_three_kernels():
+    """The fusion claim of the chapter: TE-emitted and operator-level imports of an MLP both end
+    with three PrimFuncs after the zero pipeline (reshape, two fused linear layers)."""
+    fx_module = torch.fx.symbolic_trace(MLP())
+    target = d2ltvm.host_target()
+    for style in sorted(STYLES):
+        mod = d2ltvm.from_fx(fx_module, [(2, 3, 4)], *STYLES[style]())
+        with target:
+            fused = relax.get_pipeline("zero")(mod)
+        names = sorted(gv.name_hint for gv, f in fused.functions.items()
+                       if isinstance(f, tvm.tirx.PrimFunc))
+        assert len(names) == 3 and sum(n.startswith("fused_") for n in names) == 2, (style, names)
+
+
+def test_emit_func_output_twice_is_a_clear_error():
+    x = relax.Var("x", relax.TensorType((2,), "float32"))
+    bb = relax.BlockBuilder()
+    with bb.function("main", params=[x]):
+        with bb.dataflow():
+            y = bb.emit_output(bb.emit_te(d2ltvm.te_relu, x))
+        bb.emit_func_output(y)
+        with pytest.raises(RuntimeError, match="emit_func_output must be called exactly once"):
+            bb.emit_func_output(y)
 
 
 def test_every_mlp_ladder_agrees_on_every_shipped_image():

@@ -42,7 +42,8 @@ def test_vector_add_rejects_bad_lengths(n):
 def test_vector_add_builds_and_matches_numpy(n):
     A, B, C = d2ltvm.vector_add(n)
     assert [t.shape[0] for t in (A, B, C)] == [n] * 3 and C.dtype == "float32"
-    add = tvm.compile(tvm.IRModule({"main": te.create_prim_func([A, B, C])}), target=d2ltvm.host_target())["main"]
+    mod = tvm.IRModule({"main": te.create_prim_func([A, B, C])})
+    add = tvm.compile(mod, target=d2ltvm.host_target())["main"]
     a, b, c = d2ltvm.get_abc(n, tvm.runtime.tensor)
     add(a, b, c)
     np.testing.assert_allclose(c.numpy(), a.numpy() + b.numpy())
@@ -128,3 +129,34 @@ def test_machine_facts_name_what_the_results_depend_on():
     assert set(facts) == {"cpu", "isa", "vector bits", "cores", "target"}
     assert facts["cpu"] and facts["cores"] == d2ltvm.usable_cores()
     assert facts["vector bits"] in (128, 256, 512)
+
+
+def test_plain_llvm_is_the_generic_cpu_of_this_architecture():
+    plain = tvm.target.Target("llvm")
+    assert d2ltvm.target_arch(plain) == HOST_ARCH
+    if HOST_ARCH == "x86_64":
+        assert d2ltvm.isa_class(plain) == "x86-64"
+        assert not tvm.target.codegen.llvm_cpu_has_features("avx", plain)
+
+
+def _vector_adds(target):
+    """The float-add instructions of a 1024-element addition vectorized by 8, built for TARGET."""
+    import re
+    A, B, C = d2ltvm.vector_add(1024)
+    sch = tvm.s_tir.Schedule(tvm.IRModule({"main": te.create_prim_func([A, B, C])}))
+    (i,) = sch.get_loops(sch.get_sblock("C"))
+    _, inner = sch.split(i, factors=[None, 8])
+    sch.vectorize(inner)
+    asm = tvm.compile(sch.mod, target=target).mod.inspect_source("asm")
+    return {" ".join(line.split()[:1] + re.findall(r"%[xyz]mm", line)[-1:])
+            for line in asm.splitlines() if re.match(r"\s*v?addps\b", line)}
+
+
+@pytest.mark.skipif(HOST_ARCH != "x86_64", reason="reads x86-64 assembly")
+@pytest.mark.parametrize("target, expected", [
+    ("llvm", {"addps %xmm"}),  # SSE: 4 floats per instruction
+    ({"kind": "llvm", "mcpu": "x86-64-v3"}, {"vaddps %ymm"}),  # AVX2: all 8 at once
+])
+def test_what_the_vector_add_chapter_says_about_plain_llvm_and_avx2(target, expected):
+    # only compiled, never run: an x86-64-v3 target is fine on any x86-64 machine
+    assert _vector_adds(tvm.target.Target(target)) == expected
