@@ -5,7 +5,11 @@
 # Everything runs in the virtual environment .venv, built from requirements.txt.
 
 PYTHON ?= python3
-VENV   := .venv
+VENV   ?= .venv
+# The Pythons the pins of requirements.txt are made for (CI runs the default, python3).
+SUPPORTED_PYTHONS := 3.11 3.12 3.13
+PYTHON312 ?= python3.12
+PYTHON313 ?= python3.13
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 JOBS   ?= 2
@@ -22,49 +26,59 @@ FOREIGN_CPU := ATEN_CPU_CAPABILITY=default ONEDNN_MAX_CPU_ISA=SSE41 \
 	D2LTVM_TARGET='{"kind": "llvm", "mcpu": "x86-64-v2"}' \
 	TORCHINDUCTOR_CACHE_DIR=$(FOREIGN_INDUCTOR_CACHE)
 
-.PHONY: html test test-native test-foreign-cpu test-browser venv package outputs clean
+.PHONY: html test test-native test-foreign-cpu test-browser test-pythons python-check venv package outputs clean
 
 venv: $(STAMP)
 
-$(STAMP): requirements.txt pyproject.toml
-	@$(PYTHON) -c 'import sys; assert sys.version_info[:2] == (3, 11), "d2ltvm pins need Python 3.11, found " + sys.version.split()[0]'
+# Refuses, naming the supported versions, a Python outside them, and a $(VENV) made by another.
+python-check:
+	@$(PYTHON) tools/check_python.py $(VENV) $(SUPPORTED_PYTHONS)
+
+$(STAMP): requirements.txt pyproject.toml | python-check
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet -r requirements.txt
 	$(BIN)/python -m pip install --quiet --no-deps --no-build-isolation -e .
 	$(BIN)/python -m pip check
 	touch $(STAMP)
 
-html: $(STAMP)
+html: $(STAMP) | python-check
 	$(BIN)/jupyter-book build -W --keep-going .
 	@echo "The book is at $(CURDIR)/_build/html/index.html"
 
 test: test-native test-foreign-cpu
 
-test-native: $(STAMP)
+test-native: $(STAMP) | python-check
 	$(BIN)/python tools/sync_package.py --check
 	$(BIN)/python -m pytest -n $(JOBS) --dist loadfile tests chapters
 
 # The rendered book in headless Chromium (also part of test-native): console errors, images,
 # internal links, math, search, code that fits its column. Needs Debian's chromium and
 # chromium-driver; skips (and says why) without them, unless D2LTVM_REQUIRE_BROWSER=1.
-test-browser: $(STAMP)
+test-browser: $(STAMP) | python-check
 	$(BIN)/python -m pytest -n 0 tests/test_browser.py
 
-test-foreign-cpu: $(STAMP)
+test-foreign-cpu: $(STAMP) | python-check
 	@if [ "$$(uname -m)" = x86_64 ]; then \
 	  echo "nbval over every chapter as on another CPU: $(FOREIGN_CPU)"; \
 	  rm -rf $(FOREIGN_INDUCTOR_CACHE); \
 	  $(FOREIGN_CPU) $(BIN)/python -m pytest -n $(JOBS) --dist loadfile chapters; \
 	else echo "test-foreign-cpu: skipped, it plays an x86-64 machine and this one is $$(uname -m)"; fi
 
+# For maintainers: the whole test command with each other supported Python, each in a virtual
+# environment of its own (.venv-3.12, .venv-3.13). PYTHON312=/path/to/python3.12 (and PYTHON313)
+# name the interpreters where they are not on PATH under these names (e.g. pyenv versions).
+test-pythons:
+	$(MAKE) test PYTHON=$(PYTHON312) VENV=.venv-3.12
+	$(MAKE) test PYTHON=$(PYTHON313) VENV=.venv-3.13
+
 # Regenerate d2ltvm/__init__.py from the '# Save to the d2ltvm package' cells.
-package: $(STAMP)
+package: $(STAMP) | python-check
 	$(BIN)/python tools/sync_package.py
 
 # Re-execute notebooks top to bottom and store their outputs (offline, as CI runs them).
 # make outputs                       every chapter
 # make outputs NB=chapters/x/y.ipynb one chapter
-outputs: $(STAMP)
+outputs: $(STAMP) | python-check
 	$(BIN)/python tools/sync_package.py
 	$(BIN)/python tools/execute_notebooks.py $(NB)
 	$(BIN)/python tools/sync_package.py
