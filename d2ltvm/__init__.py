@@ -672,7 +672,7 @@ def load_compiled_model(folder, name="model", device=None):
 # ----------------------------------------------------------------------
 # Defined in chapters/compiling_models/keras_mnist.ipynb
 def keras_mnist_cnn(input_shape=(28, 28, 1), hidden=128, num_classes=10):
-    """Return the classic Keras MNIST CNN (conv 32, conv 64, max pool, dense), built from keras.Input."""
+    """Return the classic Keras MNIST CNN (conv 32, conv 64, max pool, dense), from keras.Input."""
     keras = import_keras()
     from keras import layers
     return keras.Sequential([
@@ -707,6 +707,15 @@ def train_keras_cnn(x_train, y_train, epochs=5, batch_size=64, seed=0, threads=2
 
 # ----------------------------------------------------------------------
 # Defined in chapters/compiling_models/keras_mnist.ipynb
+def add_to_class(cls):
+    """Decorator: add the function below it to cls as a method (a class grown across cells)."""
+    def register(function):
+        setattr(cls, function.__name__, function)
+        return function
+    return register
+
+# ----------------------------------------------------------------------
+# Defined in chapters/compiling_models/keras_mnist.ipynb
 class KerasToRelax:
     """Translate a built chain of Keras layers into a Relax IRModule whose weights are constants."""
 
@@ -724,22 +733,10 @@ class KerasToRelax:
     def convert(self, model):
         """Return an IRModule whose function `main` computes `model` on one input batch."""
         from tvm import relax
-        layers = self._chain(model)
+        layers = self.chain(model)
         for layer in layers:  # refuse early, before any IR exists
             self.check(layer)
-        spec = model.inputs[0]
-        if str(spec.dtype) != "float32":
-            raise NotImplementedError(f"from_keras handles float32 inputs, the model takes {spec.dtype}")
-        shape = (self.batch_size,) + tuple(spec.shape[1:])
-        if any(d is None for d in shape):
-            raise ValueError(f"the model's input shape {tuple(spec.shape)} has unknown dimensions "
-                             "besides the batch: give keras.Input a complete shape")
-        self.current = None  # the layout of the tensor in flight when it is 4-D
-        if len(shape) == 4:
-            self.current = self.layout
-            if self.layout == "NCHW":
-                shape = (shape[0], shape[3], shape[1], shape[2])
-        x = relax.Var(spec.name, relax.TensorType(shape, "float32"))
+        x = self.input_var(model)
         self.bb = bb = relax.BlockBuilder()
         with bb.function("main", [x]):
             with bb.dataflow():
@@ -750,189 +747,258 @@ class KerasToRelax:
             bb.emit_func_output(out)
         return bb.get()
 
-    def check(self, layer):
-        """Raise NotImplementedError, naming the layer, if it or one of its settings is not handled."""
-        kind = type(layer).__name__
-        where = f"layer {layer.name!r} ({kind})"
-        if not hasattr(self, "convert_" + kind):
-            raise NotImplementedError(f"{where} is not supported by from_keras; "
-                                      f"supported: {', '.join(self.SUPPORTED)}")
-        cfg = layer.get_config()
-        if cfg.get("data_format", "channels_last") != "channels_last":
-            raise NotImplementedError(f"{where} uses data_format={cfg['data_format']!r}; "
-                                      "from_keras expects channels_last")
-        if cfg.get("groups", 1) != 1:
-            raise NotImplementedError(f"{where} has groups={cfg['groups']}; from_keras handles groups=1")
-        if "activation" in cfg and cfg["activation"] not in self.ACTIVATIONS:
-            raise NotImplementedError(f"{where} uses activation {cfg['activation']!r}; "
-                                      f"from_keras supports {', '.join(self.ACTIVATIONS)}")
-        if kind == "ReLU" and (cfg.get("max_value") is not None or cfg.get("negative_slope")
-                               or cfg.get("threshold")):
-            raise NotImplementedError(f"{where} sets max_value, negative_slope or threshold; "
-                                      "from_keras handles the plain ReLU only")
-        if kind == "Softmax" and not isinstance(cfg.get("axis", -1), int):
-            raise NotImplementedError(f"{where} normalizes over several axes {cfg['axis']}; "
-                                      "from_keras handles one axis")
-
     def convert_layer(self, layer, y):
         """Dispatch one layer to the method named convert_<its class name>."""
         return getattr(self, "convert_" + type(layer).__name__)(layer, y)
 
-    @staticmethod
-    def _chain(model):
-        """Return the model's layers in order, after checking that they form a built chain."""
-        if not hasattr(model, "layers") or not hasattr(model, "get_config"):
-            raise TypeError(f"from_keras expects a Keras model, got {type(model).__name__}")
-        if not getattr(model, "built", False) or not getattr(model, "inputs", None):
-            raise ValueError(f"model {getattr(model, 'name', model)!r} was never built, so it has no input "
-                             "shape and no weights: start it with keras.Input(shape=...) or call "
-                             "model.build((None, *input_shape)), then train it or load weights")
-        if len(model.inputs) != 1 or len(model.outputs) != 1:
-            raise NotImplementedError("from_keras handles models with one input and one output")
-        import keras
-        sequential = isinstance(model, keras.Sequential)  # a chain by construction
-        prev, layers = model.inputs[0], []
-        for layer in model.layers:  # a Sequential model lists no InputLayer; a functional one does
-            if type(layer).__name__ != "InputLayer":
-                if not sequential and layer.input is not prev:
-                    raise NotImplementedError(f"layer {layer.name!r} does not take the previous layer's "
-                                              "output: from_keras handles chains of layers only")
-                prev = layer.output
-            layers.append(layer)
-        if not sequential and model.outputs[0] is not prev:
-            raise NotImplementedError("the model's output is not its last layer's: from_keras handles "
-                                      "chains of layers only")
-        return layers
+# ----------------------------------------------------------------------
+# Defined in chapters/compiling_models/keras_mnist.ipynb
+@add_to_class(KerasToRelax)
+def chain(self, model):
+    """Return the model's layers in order, after checking that they form a built chain."""
+    if not hasattr(model, "layers") or not hasattr(model, "get_config"):
+        raise TypeError(f"from_keras expects a Keras model, got {type(model).__name__}")
+    if not getattr(model, "built", False) or not getattr(model, "inputs", None):
+        raise ValueError(f"model {getattr(model, 'name', model)!r} was never built, so it has "
+                         "no input shape and no weights: start it with keras.Input(shape=...) "
+                         "or call model.build((None, *input_shape)), then train it or load "
+                         "weights")
+    if len(model.inputs) != 1 or len(model.outputs) != 1:
+        raise NotImplementedError("from_keras handles models with one input and one output")
+    import keras
+    sequential = isinstance(model, keras.Sequential)  # a chain by construction
+    only_chains = "from_keras handles chains of layers only"
+    prev, layers = model.inputs[0], []
+    for layer in model.layers:  # a Sequential model lists no InputLayer; a functional one does
+        if type(layer).__name__ != "InputLayer":
+            if not sequential and layer.input is not prev:
+                raise NotImplementedError(f"layer {layer.name!r} does not take the previous "
+                                          f"layer's output: {only_chains}")
+            prev = layer.output
+        layers.append(layer)
+    if not sequential and model.outputs[0] is not prev:
+        raise NotImplementedError(f"the model's output is not its last layer's: {only_chains}")
+    return layers
 
-    # ---- helpers --------------------------------------------------------------------------
-    def emit(self, expr, layer):
-        """Emit expr into the dataflow block, naming its variable after the Keras layer."""
-        return self.bb.emit(expr, name_hint=layer.name.replace("-", "_").replace("/", "_"))
+# ----------------------------------------------------------------------
+# Defined in chapters/compiling_models/keras_mnist.ipynb
+@add_to_class(KerasToRelax)
+def check(self, layer):
+    """Raise NotImplementedError, naming the layer, if it or one of its settings is unhandled."""
+    kind = type(layer).__name__
+    where = f"layer {layer.name!r} ({kind})"
+    if not hasattr(self, "convert_" + kind):
+        raise NotImplementedError(f"{where} is not supported by from_keras; "
+                                  f"supported: {', '.join(self.SUPPORTED)}")
+    cfg = layer.get_config()
+    if cfg.get("data_format", "channels_last") != "channels_last":
+        raise NotImplementedError(f"{where} uses data_format={cfg['data_format']!r}; "
+                                  "from_keras expects channels_last")
+    if cfg.get("groups", 1) != 1:
+        raise NotImplementedError(f"{where} has groups={cfg['groups']}; "
+                                  "from_keras handles groups=1")
+    if "activation" in cfg and cfg["activation"] not in self.ACTIVATIONS:
+        raise NotImplementedError(f"{where} uses activation {cfg['activation']!r}; "
+                                  f"from_keras supports {', '.join(self.ACTIVATIONS)}")
+    if kind == "ReLU" and (cfg.get("max_value") is not None or cfg.get("negative_slope")
+                           or cfg.get("threshold")):
+        raise NotImplementedError(f"{where} sets max_value, negative_slope or threshold; "
+                                  "from_keras handles the plain ReLU only")
+    if kind == "Softmax" and not isinstance(cfg.get("axis", -1), int):
+        raise NotImplementedError(f"{where} normalizes over several axes {cfg['axis']}; "
+                                  "from_keras handles one axis")
 
-    @staticmethod
-    def shape(y):
-        return [int(d) for d in y.ty.shape]
-
-    def to_layout(self, y, layout):
-        """Transpose a 4-D tensor in flight into `layout` (a no-op if it is there already)."""
-        from tvm import relax
-        if len(self.shape(y)) != 4 or self.current == layout:
-            return y
-        axes = [0, 2, 3, 1] if layout == "NHWC" else [0, 3, 1, 2]
-        self.current = layout
-        return self.bb.emit(relax.op.permute_dims(y, axes), name_hint="to_" + layout.lower())
-
-    def channel_axis(self, y):
-        return 1 if len(self.shape(y)) == 4 and self.current == "NCHW" else len(self.shape(y)) - 1
-
-    def activation(self, name, y, layer):
-        """Apply the Keras activation called `name` to y."""
-        from tvm import relax
-        if name == "linear":
-            return y
-        if name == "softmax":
-            return self.emit(relax.op.nn.softmax(y, axis=self.channel_axis(y)), layer)
-        op = {"relu": relax.op.nn.relu, "sigmoid": relax.op.sigmoid, "tanh": relax.op.tanh}[name]
-        return self.emit(op(y), layer)
-
-    def add_bias(self, y, bias, layer):
-        from tvm import relax
-        shape = [1] * len(self.shape(y))
-        shape[self.channel_axis(y)] = -1
-        return self.emit(relax.op.add(y, relax.const(bias.reshape(shape), "float32")), layer)
-
-    def same_padding(self, y, kernel, strides, dilation=(1, 1)):
-        """Keras' 'same' padding as (top, left, bottom, right): any odd pixel goes after."""
-        n, *spatial = self.shape(y)
-        size = spatial[:2] if self.current == "NHWC" else spatial[1:]
-        before, after = [], []
-        for length, k, s, d in zip(size, kernel, strides, dilation):
-            out = -(-length // s)
-            total = max(0, (out - 1) * s + (k - 1) * d + 1 - length)
-            before.append(total // 2)
-            after.append(total - total // 2)
-        return tuple(before + after)
-
-    # ---- one method per layer class --------------------------------------------------------
-    def convert_InputLayer(self, layer, y):
-        return y
-
-    def convert_Dropout(self, layer, y):
-        return y  # dropout is the identity at inference
-
-    def convert_Conv2D(self, layer, y):
-        from tvm import relax
-        cfg = layer.get_config()
-        kernel, *bias = layer.get_weights()  # kernel: (KH, KW, I, O), Keras' HWIO
-        y = self.to_layout(y, self.layout)
-        padding = (self.same_padding(y, cfg["kernel_size"], cfg["strides"], cfg["dilation_rate"])
-                   if cfg["padding"] == "same" else (0, 0, 0, 0))
+# ----------------------------------------------------------------------
+# Defined in chapters/compiling_models/keras_mnist.ipynb
+@add_to_class(KerasToRelax)
+def input_var(self, model):
+    """Return the relax.Var of the model's input: batch_size examples, 4-D ones in self.layout."""
+    from tvm import relax
+    spec = model.inputs[0]
+    if str(spec.dtype) != "float32":
+        raise NotImplementedError(f"from_keras handles float32 inputs, the model takes "
+                                  f"{spec.dtype}")
+    shape = (self.batch_size,) + tuple(spec.shape[1:])
+    if any(d is None for d in shape):
+        raise ValueError(f"the model's input shape {tuple(spec.shape)} has unknown dimensions "
+                         "besides the batch: give keras.Input a complete shape")
+    self.current = None  # the layout of the tensor in flight when it is 4-D
+    if len(shape) == 4:
+        self.current = self.layout
         if self.layout == "NCHW":
-            kernel, kernel_layout = kernel.transpose(3, 2, 0, 1), "OIHW"
-        else:
-            kernel_layout = "HWIO"
-        y = self.emit(relax.op.nn.conv2d(y, relax.const(kernel, "float32"), strides=cfg["strides"],
-                                         padding=padding, dilation=cfg["dilation_rate"],
-                                         data_layout=self.layout, kernel_layout=kernel_layout), layer)
-        if bias:
-            y = self.add_bias(y, bias[0], layer)
-        return self.activation(cfg["activation"], y, layer)
+            shape = (shape[0], shape[3], shape[1], shape[2])
+    return relax.Var(spec.name, relax.TensorType(shape, "float32"))
 
-    def _pool(self, layer, y, kind):
-        from tvm import relax
-        cfg = layer.get_config()
-        size = tuple(cfg["pool_size"])
-        strides = tuple(cfg["strides"] or size)
-        y = self.to_layout(y, self.layout)
-        padding = self.same_padding(y, size, strides) if cfg["padding"] == "same" else (0, 0, 0, 0)
-        if kind == "max":
-            return self.emit(relax.op.nn.max_pool2d(y, size, strides, padding, layout=self.layout), layer)
-        if padding[:2] != padding[2:]:
-            # Keras' torch backend pads an uneven 'same' window by repeating the edge pixels.
-            top, left, bottom, right = padding
-            hw = [(top, bottom), (left, right)]
-            widths = [(0, 0)] + hw + [(0, 0)] if self.layout == "NHWC" else [(0, 0), (0, 0)] + hw
-            y = self.bb.emit(relax.op.nn.pad(y, [p for pair in widths for p in pair], "replicate"))
-            padding = (0, 0, 0, 0)
-        return self.emit(relax.op.nn.avg_pool2d(y, size, strides, padding, count_include_pad=False,
-                                                layout=self.layout), layer)
 
-    def convert_MaxPooling2D(self, layer, y):
-        return self._pool(layer, y, "max")
+@add_to_class(KerasToRelax)
+def to_layout(self, y, layout):
+    """Transpose a 4-D tensor in flight into `layout` (a no-op if it is there already)."""
+    from tvm import relax
+    if len(self.shape(y)) != 4 or self.current == layout:
+        return y
+    axes = [0, 2, 3, 1] if layout == "NHWC" else [0, 3, 1, 2]
+    self.current = layout
+    return self.bb.emit(relax.op.permute_dims(y, axes), name_hint="to_" + layout.lower())
 
-    def convert_AveragePooling2D(self, layer, y):
-        return self._pool(layer, y, "avg")
+# ----------------------------------------------------------------------
+# Defined in chapters/compiling_models/keras_mnist.ipynb
+@add_to_class(KerasToRelax)
+def emit(self, expr, layer):
+    """Emit expr into the dataflow block, naming its variable after the Keras layer."""
+    return self.bb.emit(expr, name_hint=layer.name.replace("-", "_").replace("/", "_"))
 
-    def convert_Flatten(self, layer, y):
-        from tvm import relax
-        y = self.to_layout(y, "NHWC")  # Keras flattens channels-last: Dense weights expect that order
-        n, *rest = self.shape(y)
-        return self.emit(relax.op.reshape(y, (n, -1)), layer)
 
-    def convert_Dense(self, layer, y):
-        from tvm import relax
-        cfg = layer.get_config()
-        kernel, *bias = layer.get_weights()  # kernel: (inputs, units)
-        y = self.to_layout(y, "NHWC")  # Dense acts on the last axis, Keras' channel axis
-        y = self.emit(relax.op.matmul(y, relax.const(kernel, "float32")), layer)
-        if bias:
-            y = self.emit(relax.op.add(y, relax.const(bias[0], "float32")), layer)
-        return self.activation(cfg["activation"], y, layer)
+@add_to_class(KerasToRelax)
+def shape(self, y):
+    return [int(d) for d in y.ty.shape]
 
-    def convert_Activation(self, layer, y):
-        return self.activation(layer.get_config()["activation"], y, layer)
 
-    def convert_ReLU(self, layer, y):
-        return self.activation("relu", y, layer)
+@add_to_class(KerasToRelax)
+def channel_axis(self, y):
+    return 1 if len(self.shape(y)) == 4 and self.current == "NCHW" else len(self.shape(y)) - 1
 
-    def convert_Softmax(self, layer, y):
-        from tvm import relax
-        axis = layer.get_config().get("axis", -1)
-        rank = len(self.shape(y))
-        axis = axis % rank
-        if rank == 4 and self.current == "NCHW":
-            axis = [0, 2, 3, 1][axis]  # Keras axis (N, H, W, C) -> its position in NCHW
-        return self.emit(relax.op.nn.softmax(y, axis=axis), layer)
+
+@add_to_class(KerasToRelax)
+def activation(self, name, y, layer):
+    """Apply the Keras activation called `name` to y."""
+    from tvm import relax
+    if name == "linear":
+        return y
+    if name == "softmax":
+        return self.emit(relax.op.nn.softmax(y, axis=self.channel_axis(y)), layer)
+    op = {"relu": relax.op.nn.relu, "sigmoid": relax.op.sigmoid, "tanh": relax.op.tanh}[name]
+    return self.emit(op(y), layer)
+
+
+@add_to_class(KerasToRelax)
+def add_bias(self, y, bias, layer):
+    from tvm import relax
+    shape = [1] * len(self.shape(y))
+    shape[self.channel_axis(y)] = -1
+    return self.emit(relax.op.add(y, relax.const(bias.reshape(shape), "float32")), layer)
+
+# ----------------------------------------------------------------------
+# Defined in chapters/compiling_models/keras_mnist.ipynb
+@add_to_class(KerasToRelax)
+def same_padding(self, y, kernel, strides, dilation=(1, 1)):
+    """Keras' 'same' padding as (top, left, bottom, right): any odd pixel goes after."""
+    n, *spatial = self.shape(y)
+    size = spatial[:2] if self.current == "NHWC" else spatial[1:]
+    before, after = [], []
+    for length, k, s, d in zip(size, kernel, strides, dilation):
+        out = -(-length // s)
+        total = max(0, (out - 1) * s + (k - 1) * d + 1 - length)
+        before.append(total // 2)
+        after.append(total - total // 2)
+    return tuple(before + after)
+
+
+@add_to_class(KerasToRelax)
+def convert_Conv2D(self, layer, y):
+    from tvm import relax
+    cfg = layer.get_config()
+    kernel, *bias = layer.get_weights()  # kernel: (KH, KW, I, O), Keras' HWIO
+    y = self.to_layout(y, self.layout)
+    padding = (self.same_padding(y, cfg["kernel_size"], cfg["strides"], cfg["dilation_rate"])
+               if cfg["padding"] == "same" else (0, 0, 0, 0))
+    if self.layout == "NCHW":
+        kernel, kernel_layout = kernel.transpose(3, 2, 0, 1), "OIHW"
+    else:
+        kernel_layout = "HWIO"
+    conv = relax.op.nn.conv2d(y, relax.const(kernel, "float32"), strides=cfg["strides"],
+                              padding=padding, dilation=cfg["dilation_rate"],
+                              data_layout=self.layout, kernel_layout=kernel_layout)
+    y = self.emit(conv, layer)
+    if bias:
+        y = self.add_bias(y, bias[0], layer)
+    return self.activation(cfg["activation"], y, layer)
+
+# ----------------------------------------------------------------------
+# Defined in chapters/compiling_models/keras_mnist.ipynb
+@add_to_class(KerasToRelax)
+def pool(self, layer, y, kind):
+    from tvm import relax
+    cfg = layer.get_config()
+    size = tuple(cfg["pool_size"])
+    strides = tuple(cfg["strides"] or size)
+    y = self.to_layout(y, self.layout)
+    padding = self.same_padding(y, size, strides) if cfg["padding"] == "same" else (0, 0, 0, 0)
+    if kind == "max":
+        return self.emit(relax.op.nn.max_pool2d(y, size, strides, padding, layout=self.layout),
+                         layer)
+    if padding[:2] != padding[2:]:
+        # Keras' torch backend pads an uneven 'same' window by repeating the edge pixels.
+        top, left, bottom, right = padding
+        hw = [(top, bottom), (left, right)]
+        widths = [(0, 0)] + hw + [(0, 0)] if self.layout == "NHWC" else [(0, 0), (0, 0)] + hw
+        y = self.bb.emit(relax.op.nn.pad(y, [p for pair in widths for p in pair], "replicate"))
+        padding = (0, 0, 0, 0)
+    return self.emit(relax.op.nn.avg_pool2d(y, size, strides, padding, count_include_pad=False,
+                                            layout=self.layout), layer)
+
+
+@add_to_class(KerasToRelax)
+def convert_MaxPooling2D(self, layer, y):
+    return self.pool(layer, y, "max")
+
+
+@add_to_class(KerasToRelax)
+def convert_AveragePooling2D(self, layer, y):
+    return self.pool(layer, y, "avg")
+
+# ----------------------------------------------------------------------
+# Defined in chapters/compiling_models/keras_mnist.ipynb
+@add_to_class(KerasToRelax)
+def convert_Flatten(self, layer, y):
+    from tvm import relax
+    y = self.to_layout(y, "NHWC")  # Keras flattens channels-last: Dense expects that order
+    n, *rest = self.shape(y)
+    return self.emit(relax.op.reshape(y, (n, -1)), layer)
+
+
+@add_to_class(KerasToRelax)
+def convert_Dense(self, layer, y):
+    from tvm import relax
+    cfg = layer.get_config()
+    kernel, *bias = layer.get_weights()  # kernel: (inputs, units)
+    y = self.to_layout(y, "NHWC")  # Dense acts on the last axis, Keras' channel axis
+    y = self.emit(relax.op.matmul(y, relax.const(kernel, "float32")), layer)
+    if bias:
+        y = self.emit(relax.op.add(y, relax.const(bias[0], "float32")), layer)
+    return self.activation(cfg["activation"], y, layer)
+
+# ----------------------------------------------------------------------
+# Defined in chapters/compiling_models/keras_mnist.ipynb
+@add_to_class(KerasToRelax)
+def convert_InputLayer(self, layer, y):
+    return y
+
+
+@add_to_class(KerasToRelax)
+def convert_Dropout(self, layer, y):
+    return y  # dropout is the identity at inference
+
+
+@add_to_class(KerasToRelax)
+def convert_Activation(self, layer, y):
+    return self.activation(layer.get_config()["activation"], y, layer)
+
+
+@add_to_class(KerasToRelax)
+def convert_ReLU(self, layer, y):
+    return self.activation("relu", y, layer)
+
+
+@add_to_class(KerasToRelax)
+def convert_Softmax(self, layer, y):
+    from tvm import relax
+    axis = layer.get_config().get("axis", -1)
+    rank = len(self.shape(y))
+    axis = axis % rank
+    if rank == 4 and self.current == "NCHW":
+        axis = [0, 2, 3, 1][axis]  # Keras axis (N, H, W, C) -> its position in NCHW
+    return self.emit(relax.op.nn.softmax(y, axis=axis), layer)
+
 
 
 def from_keras(model, layout="NHWC", batch_size=1):

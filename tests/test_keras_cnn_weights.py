@@ -1,6 +1,7 @@
 """Tests of the Keras CNN weights the book ships (data/keras_cnn_digits.npz), used by
-chapters/compiling_models/keras_mnist.ipynb: train_keras_cnn, save_keras_weights,
-load_keras_cnn_weights and tools/train_keras_cnn.py.
+chapters/compiling_models/keras_mnist.ipynb: train_keras_cnn (defined in that chapter),
+save_keras_weights and load_keras_cnn_weights (chapters/appendix/downloads.ipynb) and
+tools/train_keras_cnn.py.
 
 Training is repeatable on one machine but not across CPUs (PyTorch's kernels round differently),
 so retraining is checked against an accuracy band, never against the shipped bytes."""
@@ -19,7 +20,8 @@ keras = d2ltvm.import_keras()
 
 @pytest.fixture(scope="module")
 def digits():
-    """The stand-in data the shipped weights were trained on: (x_train, y_train), (x_test, y_test)."""
+    """The stand-in data the shipped weights were trained on: (x_train, y_train), (x_test,
+    y_test)."""
     train, test, source = d2ltvm.load_mnist_or_digits(stand_in=True)
     assert source == "scikit-learn digits"
     return train, test
@@ -104,7 +106,7 @@ def test_tvm_translation_of_the_shipped_model_agrees_with_keras(shipped, digits)
     (_, _), (x_test, y_test) = digits
     expected = shipped.predict(x_test, verbose=0)
     mod = d2ltvm.from_keras(shipped, "NHWC", batch_size=len(x_test))
-    vm = relax.VirtualMachine(tvm.compile(mod, target=d2ltvm.host_target()), tvm.cpu())
+    vm = relax.VirtualMachine(d2ltvm.compile_model(mod), tvm.cpu())
     out = vm["main"](tvm.runtime.tensor(x_test)).numpy()
     np.testing.assert_allclose(out, expected, rtol=1e-5, atol=1e-5)
     assert round(float((out.argmax(1) == y_test).mean()), 3) == d2ltvm.KERAS_CNN_DIGITS_ACCURACY

@@ -1,6 +1,8 @@
-"""Tests of the Keras helpers of chapters/compiling_models/keras_mnist.ipynb: import_keras,
-load_mnist_or_digits, keras_mnist_cnn and the Keras-to-Relax translator (from_keras), which is
-checked layer by layer against Keras' own predict, with random weights, in both layouts."""
+"""Tests of the Keras helpers: keras_mnist_cnn and the Keras-to-Relax translator (from_keras,
+KerasToRelax) of chapters/compiling_models/keras_mnist.ipynb, checked layer by layer against
+Keras' own predict, with random weights, in both layouts; and the helpers the chapter imports
+from the appendix, import_keras (chapters/appendix/frameworks.ipynb) and load_mnist_or_digits
+(chapters/appendix/downloads.ipynb)."""
 import numpy as np
 import pytest
 import tvm
@@ -16,18 +18,22 @@ TOL = dict(rtol=1e-5, atol=1e-5)
 
 
 def compile_relax(mod):
-    vm = relax.VirtualMachine(tvm.compile(mod, target=d2ltvm.host_target()), tvm.cpu())
+    """Compile with the book's pipeline, as the chapter does; return a numpy-in, -out function."""
+    vm = relax.VirtualMachine(d2ltvm.compile_model(mod), tvm.cpu())
     return lambda x: vm["main"](tvm.runtime.tensor(x)).numpy()
 
 
 def check_against_keras(model, input_shape, batch=2, seed=0):
-    """Compare the translated model with model.predict in both layouts; return the max differences."""
+    """Compare the translated model with model.predict in both layouts; return the largest
+    differences."""
     x = np.random.default_rng(seed).standard_normal((batch, *input_shape)).astype("float32")
     expected = model.predict(x, verbose=0)
     diffs = []
     for layout in ("NHWC", "NCHW"):
         mod = d2ltvm.from_keras(model, layout=layout, batch_size=batch)
-        x_in = x if layout == "NHWC" or x.ndim != 4 else np.ascontiguousarray(x.transpose(0, 3, 1, 2))
+        x_in = x
+        if layout == "NCHW" and x.ndim == 4:
+            x_in = np.ascontiguousarray(x.transpose(0, 3, 1, 2))
         out = compile_relax(mod)(x_in)
         if layout == "NCHW" and out.ndim == 4:  # 4-D outputs come back in the requested layout
             out = out.transpose(0, 2, 3, 1)
@@ -62,8 +68,8 @@ LAYER_CASES = {
     "avgpool_same_even": lambda: [layers.AveragePooling2D(3, strides=2, padding="same")],
     "avgpool_same_uneven": lambda: [layers.AveragePooling2D(2, padding="same")],
     "dropout": lambda: [layers.Dropout(0.5)],
-    "activation_layers": lambda: [layers.Activation("tanh"), layers.ReLU(), layers.Activation("sigmoid"),
-                                  layers.Activation("linear")],
+    "activation_layers": lambda: [layers.Activation("tanh"), layers.ReLU(),
+                                  layers.Activation("sigmoid"), layers.Activation("linear")],
     "softmax_4d_last_axis": lambda: [layers.Softmax()],
     "softmax_4d_height_axis": lambda: [layers.Softmax(axis=1)],
     "dense_on_4d": lambda: [layers.Dense(4, activation="relu")],
@@ -102,7 +108,8 @@ def test_functional_chain_is_accepted_with_its_input_layer():
 
 
 def test_nchw_inserts_one_transpose_before_flatten_and_nhwc_none():
-    model = chain(SHAPE, layers.Conv2D(3, 3), layers.MaxPooling2D(2), layers.Flatten(), layers.Dense(2))
+    model = chain(SHAPE, layers.Conv2D(3, 3), layers.MaxPooling2D(2), layers.Flatten(),
+                  layers.Dense(2))
     nhwc = d2ltvm.from_keras(model, "NHWC").script(show_meta=False)
     nchw = d2ltvm.from_keras(model, "NCHW").script(show_meta=False)
     assert nhwc.count("R.permute_dims") == 0 and 'kernel_layout="HWIO"' in nhwc
@@ -123,19 +130,24 @@ def test_naive_flatten_without_transpose_differs():
 
 
 def test_unsupported_layer_is_named():
-    model = chain(SHAPE, layers.Conv2D(3, 3), layers.BatchNormalization(name="bn"), layers.Flatten())
-    with pytest.raises(NotImplementedError, match=r"layer 'bn' \(BatchNormalization\) is not supported.*"
-                                                  r"supported: InputLayer, Conv2D"):
+    model = chain(SHAPE, layers.Conv2D(3, 3), layers.BatchNormalization(name="bn"),
+                  layers.Flatten())
+    with pytest.raises(NotImplementedError,
+                       match=r"layer 'bn' \(BatchNormalization\) is not supported.*"
+                             r"supported: InputLayer, Conv2D"):
         d2ltvm.from_keras(model)
 
 
 @pytest.mark.parametrize("body,match", [
-    (lambda: [layers.Conv2D(2, 3, activation="elu", name="c")], r"layer 'c' \(Conv2D\) uses activation 'elu'"),
-    (lambda: [layers.Dense(2, activation="gelu", name="d")], r"layer 'd' \(Dense\) uses activation 'gelu'"),
+    (lambda: [layers.Conv2D(2, 3, activation="elu", name="c")],
+     r"layer 'c' \(Conv2D\) uses activation 'elu'"),
+    (lambda: [layers.Dense(2, activation="gelu", name="d")],
+     r"layer 'd' \(Dense\) uses activation 'gelu'"),
     (lambda: [layers.Conv2D(4, 3, groups=2, name="g")], r"layer 'g' \(Conv2D\) has groups=2"),
     (lambda: [layers.ReLU(max_value=6.0, name="r6")], r"layer 'r6' \(ReLU\) sets max_value"),
     (lambda: [layers.LeakyReLU(name="leaky")], r"layer 'leaky' \(LeakyReLU\) is not supported"),
-    (lambda: [layers.Flatten(data_format="channels_first", name="f")], r"layer 'f' \(Flatten\) uses data_format"),
+    (lambda: [layers.Flatten(data_format="channels_first", name="f")],
+     r"layer 'f' \(Flatten\) uses data_format"),
 ])
 def test_unsupported_settings_are_named(body, match):
     model = chain((8, 8, 2), *body())
@@ -144,8 +156,10 @@ def test_unsupported_settings_are_named(body, match):
 
 
 def test_unbuilt_model_is_refused_until_built():
-    model = keras.Sequential([layers.Conv2D(2, 3), layers.Flatten(), layers.Dense(2)], name="never_built")
-    with pytest.raises(ValueError, match=r"model 'never_built' was never built.*keras\.Input.*model\.build"):
+    model = keras.Sequential([layers.Conv2D(2, 3), layers.Flatten(), layers.Dense(2)],
+                             name="never_built")
+    with pytest.raises(ValueError,
+                       match=r"model 'never_built' was never built.*keras\.Input.*model\.build"):
         d2ltvm.from_keras(model)
     model.build((None, 8, 8, 1))
     assert isinstance(d2ltvm.from_keras(model), tvm.IRModule)
@@ -164,13 +178,15 @@ def test_bad_arguments_and_inputs():
     with pytest.raises(ValueError, match="unknown dimensions"):
         d2ltvm.from_keras(unknown)
     branches = keras.Input((4,))
-    two_heads = keras.Model(branches, layers.Add()([layers.Dense(2)(branches), layers.Dense(2)(branches)]))
+    two_heads = keras.Model(branches,
+                            layers.Add()([layers.Dense(2)(branches), layers.Dense(2)(branches)]))
     with pytest.raises(NotImplementedError, match="chains of layers only"):
         d2ltvm.from_keras(two_heads)
 
 
 def test_compiled_module_refuses_a_wrong_shape():
-    run = compile_relax(d2ltvm.from_keras(chain((8, 8, 1), layers.Flatten()), "NHWC", batch_size=1))
+    model = chain((8, 8, 1), layers.Flatten())
+    run = compile_relax(d2ltvm.from_keras(model, "NHWC", batch_size=1))
     with pytest.raises(Exception, match="mismatch"):
         run(np.zeros((1, 1, 8, 8), "float32"))
 
@@ -211,8 +227,10 @@ def test_load_mnist_or_digits_offline_uses_the_named_stand_in(capsys, monkeypatc
 def test_load_mnist_or_digits_reads_a_cached_mnist_npz(monkeypatch, tmp_path):
     """With mnist.npz in the cache (and the right checksum), the real loader path runs."""
     rng = np.random.default_rng(0)
-    fake = {"x_train": rng.integers(0, 256, (6, 28, 28), dtype=np.uint8), "y_train": np.arange(6, dtype=np.uint8),
-            "x_test": rng.integers(0, 256, (3, 28, 28), dtype=np.uint8), "y_test": np.arange(3, dtype=np.uint8)}
+    fake = {"x_train": rng.integers(0, 256, (6, 28, 28), dtype=np.uint8),
+            "y_train": np.arange(6, dtype=np.uint8),
+            "x_test": rng.integers(0, 256, (3, 28, 28), dtype=np.uint8),
+            "y_test": np.arange(3, dtype=np.uint8)}
     np.savez(tmp_path / "mnist.npz", **fake)
     monkeypatch.setenv("D2LTVM_OFFLINE", "1")
     monkeypatch.setenv("D2LTVM_CACHE", str(tmp_path))

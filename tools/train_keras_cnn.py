@@ -10,8 +10,8 @@ Trains the Keras MNIST CNN exactly as the chapter does (d2ltvm.train_keras_cnn w
 (d2ltvm.load_mnist_or_digits(stand_in=True): scikit-learn's digits, enlarged to 28x28), saves the
 weights with d2ltvm.save_keras_weights (the bytes depend only on the values) and prints the file's
 SHA-256 and the network's test accuracy. Those must equal d2ltvm.KERAS_CNN_WEIGHTS_SHA256 and
-d2ltvm.KERAS_CNN_DIGITS_ACCURACY (edit them in the chapter, and data/README.md, when you ship new
-weights).
+d2ltvm.KERAS_CNN_DIGITS_ACCURACY (edit them in chapters/appendix/downloads.ipynb, and
+data/README.md, when you ship new weights).
 
 Training is repeatable on one machine, not across CPUs: PyTorch and oneDNN pick kernels by the
 instruction set, and their rounding differs. Retrained elsewhere the file's bytes differ and the
