@@ -1893,6 +1893,15 @@ def _fetch_mxnet_model_file(mx, url, sha1, folder, filename):
         raise DownloadError(f"could not download {url} ({type(err).__name__}: {err})") from err
     return download(url, sha1, filename=filename, folder=folder, algorithm="sha1")
 
+
+def _randomize_mxnet_running_statistics(mx, net):
+    """Draw the running means and variances of NET's batch norms (untrained: 0 and 1)."""
+    for name, param in net.collect_params().items():
+        if name.endswith("_running_mean"):
+            param.set_data(mx.nd.random.normal(0.0, 0.1, shape=param.shape))
+        elif name.endswith("_running_var"):
+            param.set_data(mx.nd.random.uniform(0.5, 1.5, shape=param.shape))
+
 # ----------------------------------------------------------------------
 # Defined in chapters/appendix/frameworks.ipynb
 def load_mxnet_resnet18_v2(folder=None, sha1=MXNET_RESNET18_V2_SHA1, seed=0):
@@ -1922,6 +1931,7 @@ def load_mxnet_resnet18_v2(folder=None, sha1=MXNET_RESNET18_V2_SHA1, seed=0):
         mx.random.seed(seed)
         net.initialize(mx.init.Xavier())
         net(mx.nd.zeros((1, 3, 32, 32)))  # draws the weights now (Gluon defers it to a first call)
+        _randomize_mxnet_running_statistics(mx, net)
         return net, False
     try:
         net.load_parameters(str(path))

@@ -379,6 +379,9 @@ def test_mxnet_offline_without_cache_falls_back(mx, tmp_path, offline, capsys):
     x = mx.nd.ones((1, 3, 64, 64))
     again, _ = d2ltvm.load_mxnet_resnet18_v2(folder=tmp_path)
     np.testing.assert_array_equal(net(x).asnumpy(), again(x).asnumpy())  # seeded
+    variances = [p.data().asnumpy() for name, p in net.collect_params().items()
+                 if name.endswith("_running_var")]  # untrained ones would all be 1
+    assert variances and not any(np.array_equal(v, np.ones_like(v)) for v in variances)
     assert list(tmp_path.iterdir()) == []
 
 
