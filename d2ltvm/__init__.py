@@ -365,95 +365,29 @@ def op_fx_maps():
 
 # ----------------------------------------------------------------------
 # Defined in chapters/compiling_models/resnet18.ipynb
-import pathlib
-import urllib.parse
+def inference_pipeline():
+    """Return the book's Relax pipeline for inference: decompose batch norm, legalize, fuse."""
+    from tvm import relax
+    return tvm.transform.Sequential([relax.transform.DecomposeOpsForInference(),
+                                     relax.get_pipeline("zero")])
 
-RESNET18_URL = "https://download.pytorch.org/models/resnet18-f37072fd.pth"
-RESNET18_SHA256_PREFIX = "f37072fd"  # torchvision publishes only these 8 hex digits
 
-
-def load_resnet18(folder=None, url=RESNET18_URL, checksum=RESNET18_SHA256_PREFIX, seed=0):
-    """Return (model, pretrained): torchvision's ResNet-18 in eval mode, with ImageNet weights if available, else seeded random ones."""
-    import torch
-    models = import_torchvision().models
-    filename = pathlib.PurePosixPath(urllib.parse.urlparse(url).path).name
-    cached = (pathlib.Path(folder) if folder is not None else cache_dir()) / filename
-    if cached.exists():
-        path = download(url, checksum, folder=folder)  # verifies it; a damaged file raises DownloadError
-    else:
-        try:
-            path = download(url, checksum, folder=folder)
-        except DownloadError as err:
-            reason = "offline" if is_offline() else str(err)
-            print(f"notice: pretrained ResNet-18 weights unavailable ({reason}): using seeded random "
-                  f"weights (seed {seed}), so the predicted labels are meaningless. To use the real "
-                  f"ones, save {url} into d2ltvm.cache_dir()")
-            with torch.random.fork_rng(devices=[]):  # leave the caller's random state alone
-                torch.manual_seed(seed)
-                return models.resnet18(weights=None).eval(), False
-    model = models.resnet18(weights=None)
-    try:
-        model.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
-    except Exception as err:
-        raise ValueError(f"{path} has the expected checksum but is not a ResNet-18 state dict "
-                         f"({type(err).__name__}: {err})") from err
-    return model.eval(), True
-
-# ----------------------------------------------------------------------
-# Defined in chapters/compiling_models/resnet18.ipynb
-def imagenet_labels():
-    """Return the names of the 1000 ImageNet-1k classes, in the order of the networks' outputs."""
-    models = import_torchvision().models
-    return list(models.ResNet18_Weights.IMAGENET1K_V1.meta["categories"])
-
-# ----------------------------------------------------------------------
-# Defined in chapters/compiling_models/resnet18.ipynb
-def load_sample_image():
-    """Return matplotlib's sample photo grace_hopper.jpg (512x600, RGB) as a PIL image."""
-    import matplotlib.cbook
-    from PIL import Image
-    with Image.open(matplotlib.cbook.get_sample_data("grace_hopper.jpg", asfileobj=False)) as image:
-        return image.convert("RGB")
+def compile_model(mod, target=None):
+    """Compile a Relax module with inference_pipeline() for TARGET (default: host_target())."""
+    return tvm.compile(inference_pipeline()(mod), target=target or host_target())
 
 # ----------------------------------------------------------------------
 # Defined in chapters/compiling_models/resnet18.ipynb
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
-_RGB_CONVERTIBLE = ("RGB", "L", "1", "P", "CMYK", "YCbCr")
-_WITH_ALPHA = ("RGBA", "RGBa", "LA", "PA")
-
-
-def image_to_rgb(image):
-    """Return a PIL image or uint8 array as an RGB PIL image, compositing transparency over white; refuse ambiguous modes."""
-    from PIL import Image
-    if isinstance(image, np.ndarray):
-        if image.dtype != np.uint8:
-            raise ValueError(f"expected 8-bit pixels (uint8, 0-255), got an array of dtype {image.dtype}: "
-                             "scale it to 0-255 and convert it with .astype(np.uint8) first")
-        if image.ndim == 3 and image.shape[2] == 1:
-            image = image[:, :, 0]
-        if not (image.ndim == 2 or (image.ndim == 3 and image.shape[2] in (3, 4))):
-            raise ValueError(f"expected an array of shape (height, width), (height, width, 3) or "
-                             f"(height, width, 4), got {image.shape}")
-        image = Image.fromarray(image)
-    elif not isinstance(image, Image.Image):
-        raise TypeError(f"expected a PIL image or a numpy uint8 array, got {type(image).__name__}")
-    if min(image.size) == 0:
-        raise ValueError(f"the image has no pixels (size {image.size})")
-    if image.mode == "P" and "transparency" in image.info:
-        image = image.convert("RGBA")
-    if image.mode in _WITH_ALPHA:
-        white = Image.new("RGBA", image.size, (255, 255, 255, 255))
-        return Image.alpha_composite(white, image.convert("RGBA")).convert("RGB")
-    if image.mode in _RGB_CONVERTIBLE:
-        return image.convert("RGB")
-    raise ValueError(f"image mode {image.mode!r} is not supported: it is not an 8-bit color or grayscale "
-                     f"mode, and mapping its values to 0-255 is a choice to make explicitly (for example "
-                     f"rescale to 8 bits and convert to 'L' or 'RGB') before calling this function")
 
 
 def image_preprocessing(image, size=224, resize=256):
-    """Return a (1, 3, size, size) float32 NCHW array: shorter side resized, center crop, ImageNet mean/std."""
+    """Return a (1, 3, size, size) float32 NCHW array.
+
+    The shorter side is resized to RESIZE, the center SIZE x SIZE square cut out, and the
+    pixels normalized with ImageNet's mean and standard deviation.
+    """
     from PIL import Image
     if not (isinstance(size, int) and isinstance(resize, int) and 0 < size <= resize):
         raise ValueError(f"need integers 0 < size <= resize, got size={size!r}, resize={resize!r}")
@@ -474,19 +408,6 @@ def image_preprocessing(image, size=224, resize=256):
 
 # ----------------------------------------------------------------------
 # Defined in chapters/compiling_models/resnet18.ipynb
-def inference_pipeline():
-    """Return the book's Relax pipeline for inference: decompose batch norm, legalize, fuse."""
-    from tvm import relax
-    return tvm.transform.Sequential([relax.transform.DecomposeOpsForInference(),
-                                     relax.get_pipeline("zero")])
-
-
-def compile_model(mod, target=None):
-    """Compile a Relax module with inference_pipeline() for TARGET (default: host_target())."""
-    return tvm.compile(inference_pipeline()(mod), target=target or host_target())
-
-# ----------------------------------------------------------------------
-# Defined in chapters/compiling_models/resnet18.ipynb
 def top_predictions(logits, labels, k=5):
     """Return the k most likely (label, probability) pairs for one row of logits, by softmax."""
     scores = np.asarray(logits, dtype="float64").reshape(-1)
@@ -499,135 +420,11 @@ def top_predictions(logits, labels, k=5):
 
 # ----------------------------------------------------------------------
 # Defined in chapters/compiling_models/resnet18.ipynb
-MXNET_RESNET18_V2_SHA1 = "a81db45fd7b7a2d12ab97cd88ef0a5ac48b8f657"  # from mxnet's model_store.py
-MXNET_MODEL_ZOO = "https://apache-mxnet.s3-accelerate.dualstack.amazonaws.com/gluon/models/"
-
-
-def load_mxnet_resnet18_v2(folder=None, sha1=MXNET_RESNET18_V2_SHA1, seed=0):
-    """Return (net, pretrained): MXNet's model-zoo resnet18_v2, with ImageNet weights if available, else seeded random ones."""
-    mx = import_mxnet()
-    folder = pathlib.Path(folder) if folder is not None else cache_dir()
-    stem = f"resnet18_v2-{sha1[:8]}"
-    url = MXNET_MODEL_ZOO + stem + ".zip"  # a zip archive holding {stem}.params
-    cached = folder / f"{stem}.params"
-    net = mx.gluon.model_zoo.vision.resnet18_v2(pretrained=False)
-    if cached.exists():
-        path = download(url, sha1, filename=cached.name, folder=folder, algorithm="sha1")  # verifies it
-    else:
-        try:
-            if is_offline():
-                raise DownloadError("offline")
-            try:  # MXNet's downloader unzips the archive and checks the published SHA-1
-                mx.gluon.model_zoo.model_store.get_model_file("resnet18_v2", root=str(folder))
-            except Exception as err:
-                raise DownloadError(f"could not download {url} ({type(err).__name__}: {err})") from err
-            path = download(url, sha1, filename=cached.name, folder=folder, algorithm="sha1")
-        except DownloadError as err:
-            reason = "offline" if is_offline() else str(err)
-            print(f"notice: pretrained resnet18_v2 weights unavailable ({reason}): using seeded random "
-                  f"weights (seed {seed}), so the predicted labels are meaningless. To use the real "
-                  f"ones, unzip {url} into d2ltvm.cache_dir()")
-            mx.random.seed(seed)
-            net.initialize(mx.init.Xavier())
-            net(mx.nd.zeros((1, 3, 32, 32)))  # draw the weights now (Gluon defers it to the first call)
-            return net, False
-    try:
-        net.load_parameters(str(path))
-    except Exception as err:
-        raise ValueError(f"{path} has the expected checksum but does not hold resnet18_v2 parameters "
-                         f"({type(err).__name__}: {err})") from err
-    return net, True
-
-# ----------------------------------------------------------------------
-# Defined in chapters/compiling_models/resnet18.ipynb
-import contextlib
-import os
-import tempfile
-
-
-@contextlib.contextmanager
-def drop_native_log_lines(*fragments):
-    """Hide the lines containing any of `fragments` that C++ code writes to file descriptor 2; pass the others on."""
-    # Python's sys.stderr cannot silence output that C++ writes to the descriptor itself, so the
-    # descriptor is pointed at a temporary file meanwhile; every other line is passed on.
-    sys.stderr.flush()
-    saved_stderr = os.dup(2)
-    with tempfile.TemporaryFile() as log:
-        os.dup2(log.fileno(), 2)
-        try:
-            yield
-        finally:
-            os.dup2(saved_stderr, 2)
-            os.close(saved_stderr)
-            log.seek(0)
-            kept = [line for line in log.read().decode(errors="replace").splitlines()
-                    if not any(fragment in line for fragment in fragments)]
-            if kept:
-                print("\n".join(kept), file=sys.stderr)
-
-
-def hide_tvm_scope_logs():
-    """Drop the 'Scope Saving/Loaded' lines TVM's C++ runtime writes to file descriptor 2 while (de)serializing a VM."""
-    return drop_native_log_lines("Scope Saving:", "Scope Loaded:")
-
-
-def main_argument_names(executable_or_module):
-    """Return the names of the arguments of the function `main` of a compiled Relax executable or loaded library."""
-    import tvm
-    from tvm import relax
-    vm = relax.VirtualMachine(executable_or_module, tvm.cpu())
-    arity = vm.module["get_function_arity"]("main")
-    return [vm.module["get_function_param_name"]("main", i) for i in range(arity)]
-
-# ----------------------------------------------------------------------
-# Defined in chapters/compiling_models/resnet18.ipynb
-import json
-
-
-class CompiledModelError(ValueError):
-    """The files of an exported model are damaged, incomplete or do not belong together."""
-
-
-def write_model_manifest(folder, name, paths):
-    """Record the size and SHA-256 of each of `paths` in folder/name.manifest.json."""
-    files = {path.name: {"bytes": path.stat().st_size, "sha256": file_hash(path)}
-             for path in map(pathlib.Path, paths)}
-    manifest = pathlib.Path(folder) / f"{name}.manifest.json"
-    manifest.write_text(json.dumps({"files": files}, indent=1, sort_keys=True) + "\n")
-    return manifest
-
-# ----------------------------------------------------------------------
-# Defined in chapters/compiling_models/resnet18.ipynb
-def verify_model_files(folder, name, filenames):
-    """Check files against folder/name.manifest.json; raise CompiledModelError if one differs."""
-    folder = pathlib.Path(folder)
-    manifest = folder / f"{name}.manifest.json"
-    if not manifest.exists():
-        raise CompiledModelError(f"{manifest} is missing, so the files of {name!r} cannot be "
-                                 "checked before loading: export the model again")
-    try:
-        files = json.loads(manifest.read_text())["files"]
-        records = {f: (int(files[f]["bytes"]), str(files[f]["sha256"])) for f in filenames}
-    except (ValueError, KeyError, TypeError) as err:
-        raise CompiledModelError(f"{manifest} is damaged or does not describe "
-                                 f"{', '.join(filenames)} ({type(err).__name__}: {err})") from None
-    for filename, (size, sha256) in records.items():
-        path = folder / filename
-        if not path.exists():
-            raise CompiledModelError(f"{path} is missing")
-        actual = path.stat().st_size
-        if actual != size:
-            what = "truncated" if actual < size else "longer than written"
-            raise CompiledModelError(f"{path} is {what}: it has {actual:,} bytes, the "
-                                     f"manifest records {size:,} bytes (size mismatch)")
-        if file_hash(path) != sha256:
-            raise CompiledModelError(f"{path} is damaged: its SHA-256 differs from the one the "
-                                     "manifest records (checksum mismatch)")
-
-# ----------------------------------------------------------------------
-# Defined in chapters/compiling_models/resnet18.ipynb
 def export_compiled_model(executable, weights, folder, name="model"):
-    """Write name.so (kernels, VM code), name.params (weights), name.manifest.json; return paths."""
+    """Write name.so (kernels, VM code), name.params (weights) and name.manifest.json.
+
+    Return the paths of the library and of the weights.
+    """
     import tvm
     folder = pathlib.Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
@@ -2021,16 +1818,19 @@ _TORCHVISION_SCHEMAS = []  # keeps the operator schemas declared by import_torch
 
 
 def import_torchvision():
-    """Import and return torchvision; if its compiled ops are missing (CUDA wheel, CPU torch), declare their schemas first."""
+    """Import and return torchvision.
+
+    If its compiled ops are missing (CUDA wheel beside a CPU torch), declare their schemas first.
+    """
     import torch
     try:
         import torchvision
     except RuntimeError as err:
         if "torchvision::nms" not in str(err):
             raise
-        # Forget the half-imported package, declare the two operators its Python code refers to,
-        # and import again. No kernel is registered: torchvision.ops.nms itself stays unusable.
-        for name in [n for n in sys.modules if n == "torchvision" or n.startswith("torchvision.")]:
+        # Forget the half-imported package, declare the two operators its Python code refers
+        # to, and import again. No kernel is registered: torchvision.ops.nms itself stays unusable.
+        for name in [n for n in sys.modules if n.split(".")[0] == "torchvision"]:
             del sys.modules[name]
         library = torch.library.Library("torchvision", "DEF")
         library.define("nms(Tensor dets, Tensor scores, float iou_threshold) -> Tensor")
@@ -2064,7 +1864,8 @@ def import_mxnet():
     torch = sys.modules.get("torch")
     threads = torch.get_num_threads() if torch is not None else None
     try:
-        with warnings.catch_warnings():  # MXNet's own uses of APIs numpy and distutils deprecated
+        # MXNet's own uses of APIs that numpy and distutils deprecated
+        with warnings.catch_warnings():
             warnings.simplefilter("ignore", DeprecationWarning)
             import mxnet
     except (ImportError, OSError) as err:  # e.g. its native library fails to load
@@ -2078,33 +1879,303 @@ def import_mxnet():
 # ----------------------------------------------------------------------
 # Defined in chapters/appendix/frameworks.ipynb
 def import_keras():
-    """Import and return Keras 3 on the torch backend, refusing if it already runs on another one."""
+    """Import and return Keras 3 on the torch backend; refuse if it runs on another one."""
     import os
     import sys
     if "keras" not in sys.modules:
         backend = os.environ.setdefault("KERAS_BACKEND", "torch")
         if backend != "torch":
-            raise RuntimeError(f"KERAS_BACKEND is {backend!r}, but d2ltvm runs Keras on the torch "
-                               "backend: unset it or set it to 'torch' before starting Python")
+            raise RuntimeError(f"KERAS_BACKEND is {backend!r}, but d2ltvm runs Keras on the "
+                               "torch backend: unset it or set it to 'torch' before starting "
+                               "Python")
     import keras
     if keras.backend.backend() != "torch":
-        raise RuntimeError(f"keras was already imported with the {keras.backend.backend()!r} backend; "
-                           "restart Python and call d2ltvm.import_keras() before importing keras")
+        raise RuntimeError(f"keras was already imported with the {keras.backend.backend()!r} "
+                           "backend; restart Python and call d2ltvm.import_keras() before "
+                           "importing keras")
     return keras
 
 # ----------------------------------------------------------------------
 # Defined in chapters/appendix/frameworks.ipynb
 def set_tvm_threads(threads):
-    """Size TVM's CPU thread pool to THREADS and return it; must run before compiled code first does."""
+    """Size TVM's CPU thread pool to THREADS and return it.
+
+    It must run before compiled code first does: the pool cannot be resized later.
+    """
     import os
     threads = int(threads)
     if threads < 1:
         raise ValueError(f"set_tvm_threads needs at least one thread, got {threads}")
     os.environ["TVM_NUM_THREADS"] = str(threads)
-    os.environ["TVM_BIND_THREADS"] = "0"  # no pinning: it would also pin the threads PyTorch starts later
+    # no pinning: it would also pin the threads that PyTorch starts later
+    os.environ["TVM_BIND_THREADS"] = "0"
     actual = tvm.runtime.num_threads()  # starts the pool now if it is not running yet
     if actual != threads:
-        raise RuntimeError(f"TVM's thread pool already runs {actual} thread(s) and cannot be resized: "
-                           f"call set_tvm_threads({threads}) before running compiled code, or start "
-                           f"Python with TVM_NUM_THREADS={threads}")
+        raise RuntimeError(f"TVM's thread pool already runs {actual} thread(s) and cannot be "
+                           f"resized: call set_tvm_threads({threads}) before running compiled "
+                           f"code, or start Python with TVM_NUM_THREADS={threads}")
     return actual
+
+# ----------------------------------------------------------------------
+# Defined in chapters/appendix/frameworks.ipynb
+import pathlib
+import urllib.parse
+
+RESNET18_URL = "https://download.pytorch.org/models/resnet18-f37072fd.pth"
+RESNET18_SHA256_PREFIX = "f37072fd"  # torchvision publishes only these 8 hex digits
+
+
+def random_resnet18(seed=0):
+    """Return torchvision's ResNet-18 in eval mode with seeded random weights and batch norms."""
+    import torch
+    models = import_torchvision().models
+    with torch.random.fork_rng(devices=[]):  # leave the caller's random state alone
+        torch.manual_seed(seed)
+        model = models.resnet18(weights=None)
+        with torch.no_grad():  # untrained batch norms are identities: give them statistics
+            for bn in (m for m in model.modules() if isinstance(m, torch.nn.BatchNorm2d)):
+                bn.weight.uniform_(0.5, 1.5)
+                bn.bias.normal_(0.0, 0.1)
+                bn.running_mean.normal_(0.0, 0.1)
+                bn.running_var.uniform_(0.5, 1.5)
+    return model.eval()
+
+# ----------------------------------------------------------------------
+# Defined in chapters/appendix/frameworks.ipynb
+def load_resnet18(folder=None, url=RESNET18_URL, checksum=RESNET18_SHA256_PREFIX, seed=0):
+    """Return (model, pretrained): torchvision's ResNet-18 in eval mode.
+
+    The weights are ImageNet's if available (cached or downloadable), else seeded random ones.
+    """
+    import torch
+    models = import_torchvision().models
+    filename = pathlib.PurePosixPath(urllib.parse.urlparse(url).path).name
+    cached = (pathlib.Path(folder) if folder is not None else cache_dir()) / filename
+    if cached.exists():  # verified by download; a damaged file raises DownloadError
+        path = download(url, checksum, folder=folder)
+    else:
+        try:
+            path = download(url, checksum, folder=folder)
+        except DownloadError as err:
+            reason = "offline" if is_offline() else str(err)
+            print(f"notice: pretrained ResNet-18 weights unavailable ({reason}): using seeded "
+                  f"random weights (seed {seed}), so the predicted labels are meaningless. To "
+                  f"use the real ones, save {url} into d2ltvm.cache_dir()")
+            return random_resnet18(seed), False
+    model = models.resnet18(weights=None)
+    try:
+        model.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
+    except Exception as err:
+        raise ValueError(f"{path} has the expected checksum but is not a ResNet-18 state dict "
+                         f"({type(err).__name__}: {err})") from err
+    return model.eval(), True
+
+# ----------------------------------------------------------------------
+# Defined in chapters/appendix/frameworks.ipynb
+def imagenet_labels():
+    """Return the names of the 1000 ImageNet-1k classes, in the order of the networks' outputs."""
+    models = import_torchvision().models
+    return list(models.ResNet18_Weights.IMAGENET1K_V1.meta["categories"])
+
+# ----------------------------------------------------------------------
+# Defined in chapters/appendix/frameworks.ipynb
+def load_sample_image():
+    """Return matplotlib's sample photo grace_hopper.jpg (512x600, RGB) as a PIL image."""
+    import matplotlib.cbook
+    from PIL import Image
+    path = matplotlib.cbook.get_sample_data("grace_hopper.jpg", asfileobj=False)
+    with Image.open(path) as image:
+        return image.convert("RGB")
+
+# ----------------------------------------------------------------------
+# Defined in chapters/appendix/frameworks.ipynb
+MXNET_RESNET18_V2_SHA1 = "a81db45fd7b7a2d12ab97cd88ef0a5ac48b8f657"  # from model_store.py
+MXNET_MODEL_ZOO = "https://apache-mxnet.s3-accelerate.dualstack.amazonaws.com/gluon/models/"
+
+
+def _fetch_mxnet_model_file(mx, url, sha1, folder, filename):
+    """Download and unzip resnet18_v2 with MXNet's downloader, then verify it; return its path."""
+    if is_offline():
+        raise DownloadError("offline")
+    try:  # MXNet's downloader unzips the archive and checks the published SHA-1
+        mx.gluon.model_zoo.model_store.get_model_file("resnet18_v2", root=str(folder))
+    except Exception as err:
+        raise DownloadError(f"could not download {url} ({type(err).__name__}: {err})") from err
+    return download(url, sha1, filename=filename, folder=folder, algorithm="sha1")
+
+
+def _randomize_mxnet_running_statistics(mx, net):
+    """Draw the running means and variances of NET's batch norms (untrained: 0 and 1)."""
+    for name, param in net.collect_params().items():
+        if name.endswith("_running_mean"):
+            param.set_data(mx.nd.random.normal(0.0, 0.1, shape=param.shape))
+        elif name.endswith("_running_var"):
+            param.set_data(mx.nd.random.uniform(0.5, 1.5, shape=param.shape))
+
+# ----------------------------------------------------------------------
+# Defined in chapters/appendix/frameworks.ipynb
+def load_mxnet_resnet18_v2(folder=None, sha1=MXNET_RESNET18_V2_SHA1, seed=0):
+    """Return (net, pretrained): MXNet's model-zoo resnet18_v2.
+
+    The weights are ImageNet's if available (cached or downloadable), else seeded random ones.
+    """
+    mx = import_mxnet()
+    folder = pathlib.Path(folder) if folder is not None else cache_dir()
+    stem = f"resnet18_v2-{sha1[:8]}"
+    url = MXNET_MODEL_ZOO + stem + ".zip"  # a zip archive holding {stem}.params
+    cached = folder / f"{stem}.params"
+    was_cached = cached.exists()
+    net = mx.gluon.model_zoo.vision.resnet18_v2(pretrained=False)
+    try:
+        if was_cached:  # verified by download; a damaged file raises DownloadError
+            path = download(url, sha1, filename=cached.name, folder=folder, algorithm="sha1")
+        else:
+            path = _fetch_mxnet_model_file(mx, url, sha1, folder, cached.name)
+    except DownloadError as err:
+        if was_cached:
+            raise
+        reason = "offline" if is_offline() else str(err)
+        print(f"notice: pretrained resnet18_v2 weights unavailable ({reason}): using seeded "
+              f"random weights (seed {seed}), so the predicted labels are meaningless. To use "
+              f"the real ones, unzip {url} into d2ltvm.cache_dir()")
+        mx.random.seed(seed)
+        net.initialize(mx.init.Xavier())
+        net(mx.nd.zeros((1, 3, 32, 32)))  # draws the weights now (Gluon defers it to a first call)
+        _randomize_mxnet_running_statistics(mx, net)
+        return net, False
+    try:
+        net.load_parameters(str(path))
+    except Exception as err:
+        raise ValueError(f"{path} has the expected checksum but does not hold resnet18_v2 "
+                         f"parameters ({type(err).__name__}: {err})") from err
+    return net, True
+
+# ----------------------------------------------------------------------
+# Defined in chapters/appendix/frameworks.ipynb
+_RGB_CONVERTIBLE = ("RGB", "L", "1", "P", "CMYK", "YCbCr")
+_WITH_ALPHA = ("RGBA", "RGBa", "LA", "PA")
+
+
+def _image_from_array(image):
+    """Return a PIL image from a uint8 array of shape (h, w), (h, w, 1), (h, w, 3) or (h, w, 4)."""
+    from PIL import Image
+    if image.dtype != np.uint8:
+        raise ValueError(f"expected 8-bit pixels (uint8, 0-255), got an array of dtype "
+                         f"{image.dtype}: scale it to 0-255 and convert it with "
+                         ".astype(np.uint8) first")
+    if image.ndim == 3 and image.shape[2] == 1:
+        image = image[:, :, 0]
+    if not (image.ndim == 2 or (image.ndim == 3 and image.shape[2] in (3, 4))):
+        raise ValueError(f"expected an array of shape (height, width), (height, width, 3) or "
+                         f"(height, width, 4), got {image.shape}")
+    return Image.fromarray(image)
+
+# ----------------------------------------------------------------------
+# Defined in chapters/appendix/frameworks.ipynb
+def image_to_rgb(image):
+    """Return a PIL image or uint8 array as an RGB PIL image.
+
+    Transparency is composited over white; modes without one right conversion are refused.
+    """
+    from PIL import Image
+    if isinstance(image, np.ndarray):
+        image = _image_from_array(image)
+    elif not isinstance(image, Image.Image):
+        raise TypeError(f"expected a PIL image or a numpy uint8 array, got {type(image).__name__}")
+    if min(image.size) == 0:
+        raise ValueError(f"the image has no pixels (size {image.size})")
+    if image.mode == "P" and "transparency" in image.info:
+        image = image.convert("RGBA")
+    if image.mode in _WITH_ALPHA:
+        white = Image.new("RGBA", image.size, (255, 255, 255, 255))
+        return Image.alpha_composite(white, image.convert("RGBA")).convert("RGB")
+    if image.mode in _RGB_CONVERTIBLE:
+        return image.convert("RGB")
+    raise ValueError(f"image mode {image.mode!r} is not supported: it is not an 8-bit color or "
+                     f"grayscale mode, and mapping its values to 0-255 is a choice to make "
+                     f"explicitly (for example rescale to 8 bits and convert to 'L' or 'RGB') "
+                     f"before calling this function")
+
+# ----------------------------------------------------------------------
+# Defined in chapters/appendix/frameworks.ipynb
+import contextlib
+import os
+import tempfile
+
+
+@contextlib.contextmanager
+def drop_native_log_lines(*fragments):
+    """Hide the lines with any of FRAGMENTS that native code writes to file descriptor 2."""
+    sys.stderr.flush()
+    saved_stderr = os.dup(2)
+    with tempfile.TemporaryFile() as log:
+        os.dup2(log.fileno(), 2)
+        try:
+            yield
+        finally:
+            os.dup2(saved_stderr, 2)
+            os.close(saved_stderr)
+            log.seek(0)
+            kept = [line for line in log.read().decode(errors="replace").splitlines()
+                    if not any(fragment in line for fragment in fragments)]
+            if kept:
+                print("\n".join(kept), file=sys.stderr)
+
+
+def hide_tvm_scope_logs():
+    """Drop the 'Scope Saving/Loaded' lines TVM's runtime writes while (de)serializing a VM."""
+    return drop_native_log_lines("Scope Saving:", "Scope Loaded:")
+
+# ----------------------------------------------------------------------
+# Defined in chapters/appendix/frameworks.ipynb
+import json
+
+
+class CompiledModelError(ValueError):
+    """The files of an exported model are damaged, incomplete or do not belong together."""
+
+
+def main_argument_names(executable_or_module):
+    """Return the argument names of `main` of a compiled Relax executable or loaded library."""
+    import tvm
+    from tvm import relax
+    vm = relax.VirtualMachine(executable_or_module, tvm.cpu())
+    arity = vm.module["get_function_arity"]("main")
+    return [vm.module["get_function_param_name"]("main", i) for i in range(arity)]
+
+
+def write_model_manifest(folder, name, paths):
+    """Record the size and SHA-256 of each of `paths` in folder/name.manifest.json."""
+    files = {path.name: {"bytes": path.stat().st_size, "sha256": file_hash(path)}
+             for path in map(pathlib.Path, paths)}
+    manifest = pathlib.Path(folder) / f"{name}.manifest.json"
+    manifest.write_text(json.dumps({"files": files}, indent=1, sort_keys=True) + "\n")
+    return manifest
+
+# ----------------------------------------------------------------------
+# Defined in chapters/appendix/frameworks.ipynb
+def verify_model_files(folder, name, filenames):
+    """Check files against folder/name.manifest.json; raise CompiledModelError if one differs."""
+    folder = pathlib.Path(folder)
+    manifest = folder / f"{name}.manifest.json"
+    if not manifest.exists():
+        raise CompiledModelError(f"{manifest} is missing, so the files of {name!r} cannot be "
+                                 "checked before loading: export the model again")
+    try:
+        files = json.loads(manifest.read_text())["files"]
+        records = {f: (int(files[f]["bytes"]), str(files[f]["sha256"])) for f in filenames}
+    except (ValueError, KeyError, TypeError) as err:
+        raise CompiledModelError(f"{manifest} is damaged or does not describe "
+                                 f"{', '.join(filenames)} ({type(err).__name__}: {err})") from None
+    for filename, (size, sha256) in records.items():
+        path = folder / filename
+        if not path.exists():
+            raise CompiledModelError(f"{path} is missing")
+        actual = path.stat().st_size
+        if actual != size:
+            what = "truncated" if actual < size else "longer than written"
+            raise CompiledModelError(f"{path} is {what}: it has {actual:,} bytes, the "
+                                     f"manifest records {size:,} bytes (size mismatch)")
+        if file_hash(path) != sha256:
+            raise CompiledModelError(f"{path} is damaged: its SHA-256 differs from the one the "
+                                     "manifest records (checksum mismatch)")

@@ -1,4 +1,5 @@
-"""Unit tests of the helpers of chapters/compiling_models/resnet18.ipynb (offline, fast)."""
+"""Unit tests of the helpers of chapters/compiling_models/resnet18.ipynb and of the model helpers
+it uses from chapters/appendix/frameworks.ipynb (offline, fast), and of the chapter's claims."""
 import hashlib
 import io
 import json
@@ -316,6 +317,13 @@ def test_torch_offline_without_cache_falls_back(tmp_path, offline, capsys):
     again, _ = d2ltvm.load_resnet18(folder=tmp_path)
     other, _ = d2ltvm.load_resnet18(folder=tmp_path, seed=1)
     assert model.conv1.weight.equal(again.conv1.weight)  # seeded: the same weights every time
+    reference = d2ltvm.random_resnet18(0)
+    for name, value in model.state_dict().items():
+        assert value.equal(reference.state_dict()[name]), name
+    bn = model.layer4[1].bn2  # untrained batch norms would be identities: these are not
+    assert not bn.running_var.equal(torch.ones_like(bn.running_var))
+    assert not bn.running_mean.equal(torch.zeros_like(bn.running_mean))
+    assert not bn.weight.equal(torch.ones_like(bn.weight)) and not bn.bias.equal(torch.zeros_like(bn.bias))
     assert not model.conv1.weight.equal(other.conv1.weight)
     assert list(tmp_path.iterdir()) == []  # nothing written
 
@@ -371,6 +379,9 @@ def test_mxnet_offline_without_cache_falls_back(mx, tmp_path, offline, capsys):
     x = mx.nd.ones((1, 3, 64, 64))
     again, _ = d2ltvm.load_mxnet_resnet18_v2(folder=tmp_path)
     np.testing.assert_array_equal(net(x).asnumpy(), again(x).asnumpy())  # seeded
+    variances = [p.data().asnumpy() for name, p in net.collect_params().items()
+                 if name.endswith("_running_var")]  # untrained ones would all be 1
+    assert variances and not any(np.array_equal(v, np.ones_like(v)) for v in variances)
     assert list(tmp_path.iterdir()) == []
 
 
@@ -417,32 +428,102 @@ def test_published_mxnet_checksum_matches_mxnet(mx):
 # compiled model: save, reload in this process and in a fresh one
 
 @pytest.fixture(scope="module")
-def compiled(tmp_path_factory):
-    """ResNet-18 with seeded random weights, compiled once, saved; with an input and TVM's output."""
+def relax_resnet18():
+    """The fallback ResNet-18 (seeded random weights and batch norms) imported into Relax."""
     import torch
-    import tvm
     from tvm import relax
     from tvm.relax.frontend.torch import from_exported_program
 
-    models = d2ltvm.import_torchvision().models
-    torch.manual_seed(0)
-    model = models.resnet18(weights=None).eval()
+    model = d2ltvm.random_resnet18(0)
     x = d2ltvm.image_preprocessing(d2ltvm.load_sample_image())
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=r".*LeafSpec.*", category=FutureWarning)
         with torch.no_grad():
-            exported = torch.export.export(model, (torch.from_numpy(x),))
+            exported = torch.export.export(model, (torch.zeros(1, 3, 224, 224),))
             expected = model(torch.from_numpy(x)).numpy()
         mod = from_exported_program(exported, keep_params_as_input=True, unwrap_unit_return_tuple=True)
     mod, params = relax.frontend.detach_params(mod)
-    executable = tvm.compile(relax.get_pipeline("zero")(mod), target=d2ltvm.host_target())
+    return {"model": model, "mod": mod, "weights": params["main"], "x": x, "expected": expected}
+
+
+@pytest.fixture(scope="module")
+def compiled(relax_resnet18, tmp_path_factory):
+    """ResNet-18 with seeded random weights, compiled once, saved; with an input and TVM's output."""
+    import tvm
+    from tvm import relax
+
+    mod, weights, x = relax_resnet18["mod"], relax_resnet18["weights"], relax_resnet18["x"]
+    executable = d2ltvm.compile_model(mod)
     vm = relax.VirtualMachine(executable, tvm.cpu())
-    logits = vm["main"](tvm.runtime.tensor(x), *params["main"]).numpy()
-    np.testing.assert_allclose(logits, expected, rtol=1e-4, atol=1e-4)
+    logits = vm["main"](tvm.runtime.tensor(x), *weights).numpy()
+    np.testing.assert_allclose(logits, relax_resnet18["expected"], rtol=1e-4, atol=1e-4)
     folder = tmp_path_factory.mktemp("deploy")
-    paths = d2ltvm.export_compiled_model(executable, params["main"], folder, name="resnet18")
+    paths = d2ltvm.export_compiled_model(executable, weights, folder, name="resnet18")
     return {"folder": folder, "paths": paths, "x": x, "logits": logits, "executable": executable,
-            "weights": params["main"], "names": [v.name for v in mod["main"].params]}
+            "weights": weights, "names": [v.name for v in mod["main"].params]}
+
+
+def tensorir_functions(module):
+    import tvm
+    return sorted(gv.name_hint for gv, f in module.functions.items()
+                  if isinstance(f, tvm.tirx.PrimFunc))
+
+
+def count_constants(module):
+    import tvm
+    from tvm import relax
+    found = set()
+    for func in module.functions.values():
+        if isinstance(func, relax.Function):
+            relax.analysis.post_order_visit(
+                func, lambda e: found.add(e) if isinstance(e, tvm.ir.GenericConst) else None)
+    return len(found)
+
+
+def test_inference_pipeline_fuses_batch_norm_into_the_convolutions(relax_resnet18):
+    """The chapter's claim: decomposing batch norm first lets it fuse, 28 kernels become 25."""
+    from tvm import relax
+    mod = relax_resnet18["mod"]
+    plain = tensorir_functions(relax.get_pipeline("zero")(mod))
+    ours = tensorir_functions(d2ltvm.inference_pipeline()(mod))
+    assert (len(plain), len(ours)) == (28, 25)
+    assert any("batch_norm" in k for k in plain) and not any("batch_norm" in k for k in ours)
+    convolutions = [k for k in ours if "conv2d" in k]
+    assert convolutions and all("subtract" in k and "multiply" in k for k in convolutions)
+
+
+def test_bound_weights_fold_batch_norm_into_the_convolutions(relax_resnet18):
+    """The chapter's claim: 62 weights + 40 running statistics = 102 constants become 42."""
+    import tvm
+    from tvm import relax
+    mod, weights = relax_resnet18["mod"], relax_resnet18["weights"]
+    names = [v.name for v in mod["main"].params[1:]]
+    bound = relax.transform.BindParams("main", dict(zip(names, weights)))(mod)
+    folded = relax.transform.FoldConstant()(relax.transform.FoldBatchnormToConv2D()(bound))
+    assert (len(weights), count_constants(mod)) == (62, 40)
+    assert (count_constants(bound), count_constants(folded)) == (102, 42)
+    assert "R.nn.batch_norm(" not in folded["main"].script()
+    vm = relax.VirtualMachine(d2ltvm.compile_model(folded), tvm.cpu())
+    logits = vm["main"](tvm.runtime.tensor(relax_resnet18["x"])).numpy()
+    np.testing.assert_allclose(logits, relax_resnet18["expected"], rtol=1e-4, atol=1e-4)
+
+
+def test_onnx_initializers_listed_as_inputs_double_the_arguments():
+    """The chapter's claim about MXNet's ONNX export, on a one-node graph: a weight that is both
+    an initializer and a graph input becomes two arguments; removed from the inputs, one."""
+    import onnx
+    from onnx import TensorProto, helper
+    from tvm.relax.frontend.onnx import from_onnx
+    weight = helper.make_tensor("w", TensorProto.FLOAT, [2], [1.0, 2.0])
+    inputs = [helper.make_tensor_value_info(n, TensorProto.FLOAT, [2]) for n in ("data", "w")]
+    graph = helper.make_graph([helper.make_node("Add", ["data", "w"], ["y"])], "g", inputs,
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [2])], [weight])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+    doubled = from_onnx(model, shape_dict={"data": [2]}, keep_params_in_input=True)
+    assert [v.name for v in doubled["main"].params] == ["data", "w", "w"]
+    del model.graph.input[1:]
+    fixed = from_onnx(model, shape_dict={"data": [2]}, keep_params_in_input=True)
+    assert [v.name for v in fixed["main"].params] == ["data", "w"]
 
 
 def test_export_writes_three_files(compiled):
