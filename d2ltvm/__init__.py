@@ -1715,16 +1715,18 @@ def ratio_lines(rows, baseline="torch"):
 # ----------------------------------------------------------------------
 # Defined in chapters/appendix/measuring.ipynb
 def plot_benchmark(rows, baseline="torch", separate=("tvm-untuned",)):
-    """Bar chart of time relative to BASELINE, one group of bars per workload, log scale; the
-    methods in SEPARATE get a panel of their own. Return the list of axes (main one first)."""
+    """Bar chart of time relative to BASELINE, one group of bars per workload, log scale, bars
+    from the baseline's line; the methods in SEPARATE get a panel of their own, with its own
+    scale. Return the list of axes, the main one first."""
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
     workloads = list(dict.fromkeys(r["workload"] for r in rows))
     methods = [m for m in dict.fromkeys(r["method"] for r in rows) if m != baseline]
-    groups = [[m for m in methods if m not in separate], [m for m in methods if m in separate]]
-    groups = [g for g in groups if g]
-    widths = [max(len(g), 1) + 1 for g in groups]
-    fig, axes = plt.subplots(1, len(groups), squeeze=False, width_ratios=widths,
-                             figsize=(2.0 + 0.35 * len(workloads) * sum(widths), 3.4))
+    groups = [g for g in ([m for m in methods if m not in separate],
+                          [m for m in methods if m in separate]) if g]
+    widths = [len(workloads) * (0.25 * len(g) + 0.4) for g in groups]
+    _, axes = plt.subplots(1, len(groups), squeeze=False, width_ratios=widths,
+                           figsize=(1.5 + sum(widths), 3.6))
     ratio = {(r["workload"], r["method"]): r["ratio"] for r in rows}
     colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
     for ax, group in zip(axes[0], groups):
@@ -1732,12 +1734,17 @@ def plot_benchmark(rows, baseline="torch", separate=("tvm-untuned",)):
         for i, method in enumerate(group):
             points = [(j + (i - (len(group) - 1) / 2) * width, ratio[w, method])
                       for j, w in enumerate(workloads) if (w, method) in ratio]
-            ax.bar([p[0] for p in points], [p[1] for p in points], width, label=method,
-                   color=colors[methods.index(method) % len(colors)])
-        ax.axhline(1.0, color="black", linewidth=0.8)
+            ax.bar([x for x, _ in points], [r - 1 for _, r in points], width, bottom=1,
+                   label=method, color=colors[methods.index(method) % len(colors)])
+        values = [r for (_, m), r in ratio.items() if m in group] + [1.0]
         ax.set_yscale("log")
+        ax.set_ylim(min(values) / 1.3, max(values) * 1.3)
+        ax.yaxis.set_major_locator(LogLocator(subs=(1, 2, 5)))
+        ax.yaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
+        ax.yaxis.set_minor_formatter(NullFormatter())
+        ax.axhline(1.0, color="black", linewidth=0.8)
         ax.set_xticks(range(len(workloads)), workloads, rotation=30, ha="right")
-        ax.legend(fontsize="small", loc="upper center", bbox_to_anchor=(0.5, -0.35))
+        ax.legend(fontsize="small", loc="upper center", bbox_to_anchor=(0.5, -0.3), ncol=2)
     axes[0][0].set_ylabel(f"time / {baseline} time (log)")
     return list(axes[0])
 

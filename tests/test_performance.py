@@ -477,10 +477,14 @@ def test_plot_benchmark_draws_one_bar_per_row_and_untuned_apart():
     table = d2ltvm.benchmark_table
     rows = table("a", {"torch": 1.0, "x": 2.0, "tvm-untuned": 40.0}) + table("b", {"torch": 1.0, "x": 0.5})
     main, untuned = d2ltvm.plot_benchmark(rows)  # the baseline is a line, not a bar
-    assert sorted(p.get_height() for p in main.patches) == [0.5, 2.0]
-    assert [p.get_height() for p in untuned.patches] == [40.0]
+
+    def bar_ends(ax):  # bars start at the baseline's 1 and end at the ratio
+        assert all(p.get_y() == 1 for p in ax.patches)
+        return sorted(p.get_y() + p.get_height() for p in ax.patches)
+
+    assert bar_ends(main) == [0.5, 2.0] and bar_ends(untuned) == [40.0]
     (only,) = d2ltvm.plot_benchmark([r for r in rows if r["method"] != "tvm-untuned"])
-    assert sorted(p.get_height() for p in only.patches) == [0.5, 2.0]
+    assert bar_ends(only) == [0.5, 2.0]
 
 
 def test_default_pipeline_fuses_batchnorm_into_the_convolution():
