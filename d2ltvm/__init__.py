@@ -804,306 +804,9 @@ def from_keras(model, layout="NHWC", batch_size=1):
 
 # ----------------------------------------------------------------------
 # Defined in chapters/performance/performance.ipynb
-import pathlib
-
-
-def torch_to_relax(model, example):
-    """Export a torch module with torch.export and import it into Relax; return (IRModule, weights list)."""
-    import torch
-    from tvm import relax
-    from tvm.relax.frontend.torch import from_exported_program
-    with torch.no_grad():
-        exported = torch.export.export(model.eval(), (example,))
-    mod = from_exported_program(exported, keep_params_as_input=True, unwrap_unit_return_tuple=True)
-    mod, params = relax.frontend.detach_params(mod)
-    return mod, list(params["main"])
-
-
-def mlp_torch_model(params=None):
-    """Return the book's MLP 784-128-10 as a torch module, with the weights of load_mlp_params (or PARAMS)."""
-    import torch
-    params = load_mlp_params() if params is None else params
-    model = torch.nn.Sequential(torch.nn.Linear(784, 128), torch.nn.ReLU(), torch.nn.Linear(128, 10))
-    with torch.no_grad():
-        for layer, (w, b) in zip((model[0], model[2]), (("w0", "b0"), ("w1", "b1"))):
-            layer.weight.copy_(torch.from_numpy(params[w]))
-            layer.bias.copy_(torch.from_numpy(params[b]))
-    return model.eval()
-
-
-def keras_cnn_torch_model(seed=0):
-    """Return (keras_model, torch_model): the Keras MNIST CNN with seeded weights, and the same network in torch (NCHW input)."""
-    import torch
-    keras = import_keras()
-    keras.utils.set_random_seed(seed)
-    keras_model = keras_mnist_cnn()
-
-    class FlattenLikeKeras(torch.nn.Module):
-        def forward(self, x):  # Keras flattens channels-last activations
-            return x.permute(0, 2, 3, 1).flatten(1)
-
-    model = torch.nn.Sequential(
-        torch.nn.Conv2d(1, 32, 3), torch.nn.ReLU(), torch.nn.Conv2d(32, 64, 3), torch.nn.ReLU(),
-        torch.nn.MaxPool2d(2), FlattenLikeKeras(), torch.nn.Linear(9216, 128), torch.nn.ReLU(),
-        torch.nn.Linear(128, 10), torch.nn.Softmax(dim=1))
-    keras_layers = [l for l in keras_model.layers if l.weights]
-    torch_layers = [m for m in model if isinstance(m, (torch.nn.Conv2d, torch.nn.Linear))]
-    with torch.no_grad():
-        for k, t in zip(keras_layers, torch_layers):
-            kernel, bias = (np.asarray(keras.ops.convert_to_numpy(w)) for w in k.weights)
-            # Keras stores conv kernels as (height, width, in, out) and dense ones as (in, out)
-            kernel = kernel.transpose(3, 2, 0, 1) if kernel.ndim == 4 else kernel.T
-            t.weight.copy_(torch.from_numpy(np.ascontiguousarray(kernel)))
-            t.bias.copy_(torch.from_numpy(bias))
-    return keras_model, model.eval()
-
-
-def performance_workloads(name, batch_sizes=None, seed=0):
-    """Return the chapter's workloads for NAME ('resnet18', 'mlp' or 'cnn') as dicts: label, model, input, mod, weights."""
-    import torch
-    if name == "resnet18":
-        model, _ = load_resnet18(seed=seed)
-        shapes = [(b, 3, 224, 224) for b in (batch_sizes or [1])]
-    elif name == "mlp":
-        model = mlp_torch_model()
-        shapes = [(b, 784) for b in (batch_sizes or [1, 64])]
-    elif name == "cnn":
-        model = keras_cnn_torch_model(seed)[1]
-        shapes = [(b, 1, 28, 28) for b in (batch_sizes or [1, 64])]
-    else:
-        raise ValueError(f"unknown workload {name!r}: expected 'resnet18', 'mlp' or 'cnn'")
-    generator = torch.Generator().manual_seed(seed)
-    workloads = []
-    for shape in shapes:
-        example = torch.rand(shape, generator=generator)
-        mod, weights = torch_to_relax(model, example)
-        workloads.append({"label": f"{name} batch{shape[0]}", "model": model, "input": example,
-                          "mod": mod, "weights": weights})
-    return workloads
-
-# ----------------------------------------------------------------------
-# Defined in chapters/performance/performance.ipynb
-class CompiledModel:
-    """A compiled Relax model with its weights bound: call it with a numpy input, get a numpy output."""
-
-    def __init__(self, executable, weights, device=None):
-        from tvm import relax
-        self.device = device or tvm.cpu()
-        self.vm = relax.VirtualMachine(executable, self.device)
-        weights = [w if isinstance(w, tvm.runtime.Tensor) else tvm.runtime.tensor(w, self.device)
-                   for w in weights]
-        if "main_transform_params" in list_vm_functions(self.vm):
-            # Weight prepacking moved the weights' layout changes into their own function: run it once.
-            weights = list(self.vm["main_transform_params"](weights))
-        self.weights = weights
-        self.main = self.vm["main"]
-
-    def run(self, data):
-        """Run main on a TVM tensor (no copies); return the TVM output."""
-        return self.main(data, *self.weights)
-
-    def __call__(self, data):
-        return self.run(tvm.runtime.tensor(np.asarray(data, dtype="float32"), self.device)).numpy()
-
-
-def list_vm_functions(vm):
-    """Return the names of the functions a Relax VirtualMachine offers that matter here."""
-    return [name for name in ("main", "main_transform_params") if vm.module.implements_function(name)]
-
-
-def compile_relax(mod, weights, target=None, pipeline=None):
-    """Compile MOD for TARGET (default: host_target()) with PIPELINE; return a CompiledModel."""
-    from tvm import relax
-    target = target or host_target()
-    if pipeline is None:
-        # Work that depends only on the weights (e.g. transposing them for a matmul) moves into
-        # main_transform_params, which CompiledModel runs once; then legalize and fuse.
-        pipeline = tvm.transform.Sequential([relax.transform.LiftTransformParams(),
-                                             relax.pipeline.zero_pipeline()])
-    # Every pipeline above stops at fused TensorIR; the default build passes lower it for the VM.
-    full = tvm.transform.Sequential([pipeline, relax.get_pipeline("default")])
-    executable = tvm.compile(mod, target=target, relax_pipeline=full)
-    return CompiledModel(executable, weights)
-
-# ----------------------------------------------------------------------
-# Defined in chapters/performance/performance.ipynb
-import statistics
-import time
-
-
-def median_seconds(function, repeats=25, warmup=3, min_sample_seconds=2e-3, max_number=1000,
-                   max_seconds=10.0):
-    """Median wall time in seconds of one call of FUNCTION, over REPEATS samples (fewer if they exceed MAX_SECONDS)."""
-    for _ in range(warmup):
-        function()
-    number = 1  # calls per sample: enough that one sample lasts MIN_SAMPLE_SECONDS (timer resolution)
-    while number < max_number:
-        start = time.perf_counter()
-        for _ in range(number):
-            function()
-        if time.perf_counter() - start >= min_sample_seconds:
-            break
-        number *= 2
-    samples, deadline = [], time.perf_counter() + max_seconds
-    for _ in range(repeats):
-        if len(samples) >= 3 and time.perf_counter() > deadline:
-            break  # a slow method: three samples already give a usable median
-        start = time.perf_counter()
-        for _ in range(number):
-            function()
-        samples.append((time.perf_counter() - start) / number)
-    return statistics.median(samples)
-
-
-def benchmark_table(workload, seconds, baseline="torch"):
-    """Turn {method: median seconds} into rows {workload, method, ms, ratio} with ratio = time / baseline's time."""
-    if baseline not in seconds:
-        raise ValueError(f"the baseline {baseline!r} was not measured; methods: {sorted(seconds)}")
-    bad = {m: s for m, s in seconds.items() if not (isinstance(s, (int, float)) and s > 0)}
-    if bad:
-        raise ValueError(f"timings must be positive numbers of seconds, got {bad}")
-    base = seconds[baseline]
-    return [{"workload": workload, "method": method, "ms": s * 1e3, "ratio": s / base}
-            for method, s in seconds.items()]
-
-
-def benchmark(workload, methods, baseline="torch", rounds=3, **timing):
-    """Time the zero-argument callables of METHODS ({name: function}) in ROUNDS interleaved rounds; return benchmark_table rows."""
-    if rounds < 1:
-        raise ValueError(f"benchmark needs at least one round, got {rounds}")
-    per_round = {name: [] for name in methods}
-    for _ in range(rounds):  # every round times every method: a machine that slows down hits them all
-        for name, function in methods.items():
-            per_round[name].append(median_seconds(function, **timing))
-    return benchmark_table(workload, {name: statistics.median(s) for name, s in per_round.items()}, baseline)
-
-
-def ratio_lines(rows, baseline="torch"):
-    """Format rows as lines like 'resnet18 batch1 tvm-tuned/torch 0.83' (time relative to the baseline; < 1 is faster)."""
-    return [f"{r['workload']} {r['method']}/{baseline} {r['ratio']:.2f}"
-            for r in rows if r["method"] != baseline]
-
-
-def plot_benchmark(rows, ax=None, baseline="torch"):
-    """Draw a bar chart of time relative to the baseline, one group of bars per workload; return the axes."""
-    import matplotlib.pyplot as plt
-    workloads = list(dict.fromkeys(r["workload"] for r in rows))
-    methods = list(dict.fromkeys(r["method"] for r in rows))
-    if ax is None:
-        _, ax = plt.subplots(figsize=(1.2 + 1.6 * len(workloads), 3.2))
-    width = 0.8 / len(methods)
-    for i, method in enumerate(methods):
-        xs, heights = [], []
-        for j, workload in enumerate(workloads):
-            for r in rows:
-                if r["workload"] == workload and r["method"] == method:
-                    xs.append(j + (i - (len(methods) - 1) / 2) * width)
-                    heights.append(r["ratio"])
-        ax.bar(xs, heights, width, label=method)
-    ax.axhline(1.0, color="black", linewidth=0.8)
-    ax.set_yscale("log")
-    ax.set_xticks(range(len(workloads)), workloads)
-    ax.set_ylabel(f"time / {baseline} time (log)")
-    ax.legend(fontsize="small", loc="upper left", bbox_to_anchor=(1.01, 1.0))  # beside the bars, not on them
-    return ax
-
-# ----------------------------------------------------------------------
-# Defined in chapters/performance/performance.ipynb
-_TORCH_KERNELS = {}  # name -> Python function registered with TVM; kept alive for the process
-
-
-def register_torch_kernel(name, function):
-    """Register FUNCTION as TVM global function NAME (once per process); return NAME."""
-    if name not in _TORCH_KERNELS:
-        tvm.register_global_func(name, function, override=True)
-        _TORCH_KERNELS[name] = function
-    return name
-
-
-def _conv2d_attributes(strides, padding, dilation, groups):
-    """Return strides, padding, dilation as tuples of ints and groups as an int, plus their name suffix."""
-    strides, padding, dilation = (tuple(int(v) for v in t) for t in (strides, padding, dilation))
-    groups = int(groups)
-    return strides, padding, dilation, groups, "s{}x{}.p{}x{}.d{}x{}.g{}".format(*strides, *padding, *dilation, groups)
-
-
-def torch_conv2d_kernel(strides, padding, dilation, groups):
-    """Register and name a destination-passing conv2d(data, weight, out) computed by torch for these attributes."""
-    strides, padding, dilation, groups, suffix = _conv2d_attributes(strides, padding, dilation, groups)
-
-    def conv2d(data, weight, out):
-        import torch
-        # aten's convolution with an out= tensor writes the result straight into TVM's buffer
-        torch.ops.aten.convolution.out(torch.from_dlpack(data), torch.from_dlpack(weight), None,
-                                       strides, padding, dilation, False, (0, 0), groups,
-                                       out=torch.from_dlpack(out))
-
-    return register_torch_kernel("d2ltvm.torch_conv2d." + suffix, conv2d)
-
-
-def torch_matmul_kernel():
-    """Register and name a destination-passing matmul(a, b, out) computed by torch.matmul into `out`."""
-    def matmul(a, b, out):
-        import torch
-        torch.matmul(torch.from_dlpack(a), torch.from_dlpack(b), out=torch.from_dlpack(out))
-
-    return register_torch_kernel("d2ltvm.torch_matmul", matmul)
-
-
-def rewrite_relax_functions(mod, mutator_class):
-    """Return a copy of MOD whose Relax functions went through MUTATOR_CLASS(mod) (a PyExprMutator); TensorIR is kept."""
-    from tvm import relax
-    result = tvm.IRModule(attrs=mod.attrs)
-    for gvar, func in mod.functions.items():
-        result[gvar] = mutator_class(mod).visit_expr(func) if isinstance(func, relax.Function) else func
-    return result
-
-
-def dispatch_to_torch(mod, ops=("conv2d", "matmul")):
-    """Return a copy of MOD where every float32 R.nn.conv2d (NCHW/OIHW, symmetric padding) and 2-D R.matmul in OPS calls torch via call_dps_packed."""
-    from tvm import relax
-    unknown = set(ops) - {"conv2d", "matmul"}
-    if unknown:
-        raise ValueError(f"dispatch_to_torch cannot dispatch {sorted(unknown)}: it knows conv2d and matmul")
-    conv2d_op, matmul_op = tvm.ir.Op.get("relax.nn.conv2d"), tvm.ir.Op.get("relax.matmul")
-
-    @relax.expr_functor.mutator
-    class TorchDispatcher(relax.PyExprMutator):
-        def visit_call_(self, call):
-            call = self.visit_expr_post_order(call)  # rewrite the arguments first
-            out_type = call.ty
-            if not isinstance(out_type, relax.TensorType) or out_type.dtype != "float32":
-                return call
-            if "conv2d" in ops and call.op.same_as(conv2d_op):
-                a = call.attrs
-                top, left, bottom, right = (int(p) for p in a.padding)
-                if (a.data_layout, a.kernel_layout, a.out_layout) != ("NCHW", "OIHW", "NCHW") \
-                        or (top, left) != (bottom, right):
-                    return call  # torch's conv2d takes NCHW/OIHW and symmetric padding only
-                name = torch_conv2d_kernel(a.strides, (top, left), a.dilation, a.groups)
-                return relax.call_dps_packed(name, [call.args[0], call.args[1]], out_type)
-            if "matmul" in ops and call.op.same_as(matmul_op) \
-                    and all(arg.ty.ndim == 2 for arg in call.args):
-                return relax.call_dps_packed(torch_matmul_kernel(), list(call.args), out_type)
-            return call
-
-    return rewrite_relax_functions(mod, TorchDispatcher)
-
-
-def count_relax_ops(mod, name):
-    """Count the calls to the Relax operator NAME (e.g. 'relax.nn.conv2d') in the Relax functions of MOD."""
-    from tvm import relax
-    op, calls = tvm.ir.Op.get(name), []
-    for func in mod.functions.values():
-        if isinstance(func, relax.Function):
-            relax.analysis.post_order_visit(
-                func, lambda e: calls.append(e) if isinstance(e, relax.Call) and e.op.same_as(op) else None)
-    return len(calls)
-
-# ----------------------------------------------------------------------
-# Defined in chapters/performance/performance.ipynb
 def vectorize_elementwise_rule(vector_lanes=16):
-    """A dlight schedule rule: inline a TensorIR function's blocks and vectorize an element-wise result (else decline)."""
+    """A dlight schedule rule: inline a TensorIR function's blocks and vectorize an element-wise
+    result; decline anything else."""
     from tvm import s_tir
     from tvm.s_tir import dlight as dl
 
@@ -1128,16 +831,19 @@ def vectorize_elementwise_rule(vector_lanes=16):
 
 
 def dispatch_pipeline():
-    """The Relax pipeline for dispatched models: lift weight-only work, legalize and fuse, vectorize the element-wise glue."""
+    """The Relax pipeline for dispatched models: lift weight-only work, legalize and fuse,
+    vectorize the element-wise glue."""
     from tvm import relax
     from tvm.s_tir import dlight as dl
-    return tvm.transform.Sequential([relax.transform.LiftTransformParams(), relax.pipeline.zero_pipeline(),
+    return tvm.transform.Sequential([relax.transform.LiftTransformParams(),
+                                     relax.pipeline.zero_pipeline(),
                                      dl.ApplyDefaultSchedule(vectorize_elementwise_rule())])
 
 # ----------------------------------------------------------------------
 # Defined in chapters/performance/performance.ipynb
 def fold_batchnorm(model):
-    """Return a copy of an eval-mode torch MODEL with every BatchNorm that follows a convolution folded into it."""
+    """Return a copy of an eval-mode torch MODEL with every BatchNorm that follows a convolution
+    folded into it."""
     import torch
     from torch.fx.experimental.optimization import fuse
     if model.training:
@@ -1148,85 +854,9 @@ def fold_batchnorm(model):
 
 # ----------------------------------------------------------------------
 # Defined in chapters/performance/performance.ipynb
-class PackedConv2dWeight:
-    """A conv2d weight reordered once into oneDNN's blocked layout, for one input shape (TVM carries it as an opaque object)."""
-
-    def __init__(self, weight, data_shape, strides, padding, dilation, groups):
-        import torch
-        # weight: an OIHW torch tensor; data_shape: the NCHW shape of the inputs it will see
-        self.shape = tuple(weight.shape)
-        self.tensor = torch._C._nn.mkldnn_reorder_conv2d_weight(
-            weight.contiguous().to_mkldnn(), list(padding), list(strides), list(dilation), groups,
-            list(data_shape))
-
-    def __repr__(self):
-        return f"PackedConv2dWeight(shape={self.shape})"
-
-
-def torch_pack_conv2d_kernel(strides, padding, dilation, groups):
-    """Register and name pack(weight OHWI, data_shape NHWC) -> PackedConv2dWeight for these conv2d attributes."""
-    strides, padding, dilation, groups, suffix = _conv2d_attributes(strides, padding, dilation, groups)
-
-    def pack(weight, data_shape):
-        import torch
-        n, h, w, c = (int(v) for v in data_shape)
-        oihw = torch.from_dlpack(weight).permute(0, 3, 1, 2)  # OHWI memory seen as OIHW
-        return PackedConv2dWeight(oihw, (n, c, h, w), strides, padding, dilation, groups)
-
-    return register_torch_kernel("d2ltvm.torch_pack_conv2d." + suffix, pack)
-
-
-def torch_packed_conv2d_kernel(strides, padding, dilation, groups):
-    """Register and name conv2d(data NHWC, packed weight) -> new NHWC tensor, computed by oneDNN through torch."""
-    strides, padding, dilation, groups, suffix = _conv2d_attributes(strides, padding, dilation, groups)
-
-    def conv2d(data, packed):
-        import torch
-        nchw = torch.from_dlpack(data).permute(0, 3, 1, 2)  # a channels-last view: no copy
-        result = torch.ops.mkldnn._convolution_pointwise(
-            nchw, packed.tensor, None, padding, strides, dilation, groups, "none", [], "")
-        return result.permute(0, 2, 3, 1).contiguous()  # channels-last already: contiguous() copies nothing
-
-    return register_torch_kernel("d2ltvm.torch_packed_conv2d." + suffix, conv2d)
-
-
-def dispatch_to_onednn(mod):
-    """Return a copy of MOD in NHWC where float32 static-shape conv2d runs in oneDNN (via torch) with weights packed once; 2-D matmul goes to torch."""
-    import torch
-    from tvm import relax
-    if not torch.backends.mkldnn.is_available():
-        raise RuntimeError("dispatch_to_onednn needs a PyTorch built with oneDNN "
-                           "(torch.backends.mkldnn.is_available() is False); use dispatch_to_torch instead")
-    mod = relax.transform.ConvertLayout({"relax.nn.conv2d": ["NHWC", "OHWI"]})(mod)
-    conv2d_op = tvm.ir.Op.get("relax.nn.conv2d")
-
-    @relax.expr_functor.mutator
-    class OneDNNDispatcher(relax.PyExprMutator):
-        def visit_call_(self, call):
-            call = self.visit_expr_post_order(call)
-            if not call.op.same_as(conv2d_op) or call.ty.dtype != "float32":
-                return call
-            a, (data, weight) = call.attrs, call.args
-            top, left, bottom, right = (int(p) for p in a.padding)
-            shape = data.ty.shape
-            static = shape is not None and all(isinstance(v, tvm.tirx.IntImm) for v in shape)
-            if (a.data_layout, a.kernel_layout, a.out_layout) != ("NHWC", "OHWI", "NHWC") \
-                    or (top, left) != (bottom, right) or not static:
-                return call  # oneDNN's packing needs a known input shape; torch takes symmetric padding
-            attributes = (a.strides, (top, left), a.dilation, a.groups)
-            data_shape = relax.ShapeExpr([int(v) for v in shape])
-            packed = self.builder_.emit(relax.call_pure_packed(
-                torch_pack_conv2d_kernel(*attributes), weight, data_shape, ty_args=relax.ObjectType()))
-            return relax.call_pure_packed(torch_packed_conv2d_kernel(*attributes), data, packed,
-                                          ty_args=call.ty)
-
-    return dispatch_to_torch(rewrite_relax_functions(mod, OneDNNDispatcher),
-                             ops=("matmul",))  # the classifier's matmuls, as before
-
-# ----------------------------------------------------------------------
-# Defined in chapters/performance/performance.ipynb
 def prepare_for_tuning(mod, target):
-    """Run the steps of Relax's static_shape_tuning pipeline that come before tuning (legalize, fuse, mark weights)."""
+    """Run the steps of Relax's static_shape_tuning pipeline that come before tuning
+    (decompose, legalize, fuse, mark the weights' buffers)."""
     import tvm
     from tvm import relax
     with tvm.target.Target(target):
@@ -1236,109 +866,6 @@ def prepare_for_tuning(mod, target):
             relax.pipeline.zero_pipeline(),
             relax.transform.AttachAttrLayoutFreeBuffers(),
         ])(mod)
-
-# ----------------------------------------------------------------------
-# Defined in chapters/performance/performance.ipynb
-import json
-
-
-def tuning_root():
-    """Return the folder of the tuning databases the book ships: data/tuning next to the package."""
-    import d2ltvm
-    return pathlib.Path(d2ltvm.__file__).resolve().parent.parent / "data" / "tuning"
-
-
-def database_target(folder):
-    """Return the target a shipped database in FOLDER was tuned for, from its tuning_info.json."""
-    info = pathlib.Path(folder) / "tuning_info.json"
-    if not info.is_file():
-        raise FileNotFoundError(f"{info} is missing: a shipped database records its target there")
-    return tvm.target.Target(json.loads(info.read_text())["target"])
-
-
-def shipped_tuning_database(model, target=None, root=None):
-    """Return the shipped database folder for MODEL tuned for TARGET's ISA class, or None."""
-    wanted = isa_class(target or host_target())
-    for info in sorted(pathlib.Path(root or tuning_root()).glob(f"{model}_*/tuning_info.json")):
-        if json.loads(info.read_text()).get("model") == model \
-                and isa_class(database_target(info.parent)) == wanted:
-            return info.parent
-    return None
-
-
-def record_isa_classes(database):
-    """Return the set of ISA classes of the targets the records of DATABASE were measured for."""
-    return {isa_class(target) for target in
-            {str(r.target): r.target for r in database.get_all_tuning_records()}.values()}
-
-# ----------------------------------------------------------------------
-# Defined in chapters/performance/performance.ipynb
-import tempfile
-
-TUNE_COMMAND = "python tools/tune_resnet18.py --model {model} --trials 600"
-DATABASE_FILES = ("database_workload.json", "database_tuning_record.json")
-_UNPACKED_DATABASES = {}  # shipped folder -> temporary folder holding its unpacked JSON files
-
-
-def tuning_database_folder(folder, model="resnet18"):
-    """Return a folder with the plain JSON files of the database in FOLDER (which may hold them gzipped)."""
-    import gzip
-    import shutil
-    folder = pathlib.Path(folder)
-    if all((folder / name).is_file() for name in DATABASE_FILES):
-        return folder
-    if all((folder / f"{name}.gz").is_file() for name in DATABASE_FILES):
-        key = str(folder.resolve())
-        if key not in _UNPACKED_DATABASES:
-            target = pathlib.Path(tempfile.mkdtemp(prefix="d2ltvm-tuning-"))
-            for name in DATABASE_FILES:
-                with gzip.open(folder / f"{name}.gz", "rb") as src, open(target / name, "wb") as dst:
-                    shutil.copyfileobj(src, dst)
-            _UNPACKED_DATABASES[key] = target
-        return _UNPACKED_DATABASES[key]
-    raise FileNotFoundError(f"no tuning database at {folder} (expected {DATABASE_FILES[0]} and "
-                            f"{DATABASE_FILES[1]}, or the two gzipped): build it with "
-                            f"`{TUNE_COMMAND.format(model=model)}` from the book's folder")
-
-
-def open_tuning_database(folder, model="resnet18"):
-    """Open the MetaSchedule JSON database in FOLDER (plain or gzipped files), with a clear error if it is missing."""
-    from tvm.s_tir import meta_schedule as ms
-    plain = tuning_database_folder(folder, model)
-    return ms.database.JSONDatabase(path_workload=str(plain / DATABASE_FILES[0]),
-                                    path_tuning_record=str(plain / DATABASE_FILES[1]), allow_missing=False)
-
-
-def compact_tuning_database(work_dir, out_dir):
-    """Write the best record of every workload of the database in WORK_DIR, gzipped, to OUT_DIR; return the count."""
-    import gzip
-    import shutil
-    from tvm.s_tir import meta_schedule as ms
-    import tvm_ffi
-    source = open_tuning_database(work_dir)
-    out_dir = pathlib.Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory() as scratch:
-        compact = ms.database.JSONDatabase(work_dir=scratch)
-        count, seen = 0, set()
-        for record in source.get_all_tuning_records():
-            key = tvm_ffi.structural_hash(record.workload.mod)
-            if key in seen:
-                continue
-            seen.add(key)
-            best = source.get_top_k(record.workload, 1)
-            if best:
-                workload = compact.commit_workload(record.workload.mod)
-                compact.commit_tuning_record(ms.database.TuningRecord(
-                    best[0].trace, workload, best[0].run_secs, best[0].target, best[0].args_info))
-                count += 1
-        for name in DATABASE_FILES:
-            (out_dir / name).unlink(missing_ok=True)
-            # mtime=0: the same records give the same bytes
-            with open(pathlib.Path(scratch) / name, "rb") as src, \
-                    gzip.GzipFile(out_dir / f"{name}.gz", "wb", compresslevel=9, mtime=0) as dst:
-                shutil.copyfileobj(src, dst)
-    return count
 
 # ----------------------------------------------------------------------
 # Defined in chapters/performance/performance.ipynb
@@ -1378,22 +905,6 @@ def compile_tuned(mod, weights, database_dir, target=None, model="resnet18", any
     # MetaScheduleApplyDatabase announces the database it opens, with its temporary path
     with drop_native_log_lines("Creating JSONDatabase"):
         return compile_relax(mod, weights, target, pipeline)
-
-# ----------------------------------------------------------------------
-# Defined in chapters/performance/performance.ipynb
-def compile_with_torch(workload):
-    """torch.compile the workload's model for its input shape; return the compiled model, or None if it fails."""
-    import torch
-    model, x = workload["model"], workload["input"]
-    compiled_model = torch.compile(model, dynamic=False)
-    try:
-        with torch.no_grad():
-            np.testing.assert_allclose(compiled_model(x).numpy(), model(x).numpy(), rtol=1e-4, atol=1e-4)
-    except (RuntimeError, OSError) as err:  # e.g. no C++ compiler: torch._inductor reports a RuntimeError
-        print(f"{workload['label']}: torch.compile failed here ({type(err).__name__}), left out")
-        return None
-    print(f"{workload['label']}: torch.compile matches PyTorch eager within 1e-4")
-    return compiled_model
 
 # ----------------------------------------------------------------------
 # Defined in chapters/appendix/downloads.ipynb
@@ -2179,3 +1690,556 @@ def verify_model_files(folder, name, filenames):
         if file_hash(path) != sha256:
             raise CompiledModelError(f"{path} is damaged: its SHA-256 differs from the one the "
                                      "manifest records (checksum mismatch)")
+
+# ----------------------------------------------------------------------
+# Defined in chapters/appendix/measuring.ipynb
+import pathlib
+
+
+def torch_to_relax(model, example):
+    """Export a torch module with torch.export and import it into Relax.
+
+    Returns (IRModule, list of weights): the weights are arguments of main, in order.
+    """
+    import torch
+    from tvm import relax
+    from tvm.relax.frontend.torch import from_exported_program
+    with torch.no_grad():
+        exported = torch.export.export(model.eval(), (example,))
+    mod = from_exported_program(exported, keep_params_as_input=True,
+                                unwrap_unit_return_tuple=True)
+    mod, params = relax.frontend.detach_params(mod)
+    return mod, list(params["main"])
+
+
+def mlp_torch_model(params=None):
+    """Return the book's MLP 784-128-10 as a torch module, with load_mlp_params() (or PARAMS)."""
+    import torch
+    params = load_mlp_params() if params is None else params
+    model = torch.nn.Sequential(torch.nn.Linear(784, 128), torch.nn.ReLU(),
+                                torch.nn.Linear(128, 10))
+    with torch.no_grad():
+        for layer, (w, b) in zip((model[0], model[2]), (("w0", "b0"), ("w1", "b1"))):
+            layer.weight.copy_(torch.from_numpy(params[w]))
+            layer.bias.copy_(torch.from_numpy(params[b]))
+    return model.eval()
+
+# ----------------------------------------------------------------------
+# Defined in chapters/appendix/measuring.ipynb
+def keras_cnn_torch_model(seed=0):
+    """Return (keras_model, torch_model): the Keras MNIST CNN with seeded weights, and the
+    same network in torch (NCHW input)."""
+    import torch
+    keras = import_keras()
+    keras.utils.set_random_seed(seed)
+    keras_model = keras_mnist_cnn()
+
+    class FlattenLikeKeras(torch.nn.Module):
+        def forward(self, x):  # Keras flattens channels-last activations
+            return x.permute(0, 2, 3, 1).flatten(1)
+
+    model = torch.nn.Sequential(
+        torch.nn.Conv2d(1, 32, 3), torch.nn.ReLU(), torch.nn.Conv2d(32, 64, 3), torch.nn.ReLU(),
+        torch.nn.MaxPool2d(2), FlattenLikeKeras(), torch.nn.Linear(9216, 128), torch.nn.ReLU(),
+        torch.nn.Linear(128, 10), torch.nn.Softmax(dim=1))
+    keras_layers = [layer for layer in keras_model.layers if layer.weights]
+    torch_layers = [m for m in model if isinstance(m, (torch.nn.Conv2d, torch.nn.Linear))]
+    with torch.no_grad():
+        for k, t in zip(keras_layers, torch_layers):
+            kernel, bias = (np.asarray(keras.ops.convert_to_numpy(w)) for w in k.weights)
+            # Keras stores conv kernels as (height, width, in, out) and dense ones as (in, out)
+            kernel = kernel.transpose(3, 2, 0, 1) if kernel.ndim == 4 else kernel.T
+            t.weight.copy_(torch.from_numpy(np.ascontiguousarray(kernel)))
+            t.bias.copy_(torch.from_numpy(bias))
+    return keras_model, model.eval()
+
+# ----------------------------------------------------------------------
+# Defined in chapters/appendix/measuring.ipynb
+def performance_workloads(name, batch_sizes=None, seed=0):
+    """Return the workloads for NAME ('resnet18', 'mlp' or 'cnn') as dicts with the keys
+    label, model, input, mod and weights, one per batch size."""
+    import torch
+    if name == "resnet18":
+        model, _ = load_resnet18(seed=seed)
+        shapes = [(b, 3, 224, 224) for b in (batch_sizes or [1])]
+    elif name == "mlp":
+        model = mlp_torch_model()
+        shapes = [(b, 784) for b in (batch_sizes or [1, 64])]
+    elif name == "cnn":
+        model = keras_cnn_torch_model(seed)[1]
+        shapes = [(b, 1, 28, 28) for b in (batch_sizes or [1, 64])]
+    else:
+        raise ValueError(f"unknown workload {name!r}: expected 'resnet18', 'mlp' or 'cnn'")
+    generator = torch.Generator().manual_seed(seed)
+    workloads = []
+    for shape in shapes:
+        example = torch.rand(shape, generator=generator)
+        mod, weights = torch_to_relax(model, example)
+        workloads.append({"label": f"{name} batch{shape[0]}", "model": model, "input": example,
+                          "mod": mod, "weights": weights})
+    return workloads
+
+# ----------------------------------------------------------------------
+# Defined in chapters/appendix/measuring.ipynb
+class CompiledModel:
+    """A compiled Relax model with its weights bound: call it with a numpy input, get numpy."""
+
+    def __init__(self, executable, weights, device=None):
+        from tvm import relax
+        self.device = device or tvm.cpu()
+        self.vm = relax.VirtualMachine(executable, self.device)
+        weights = [w if isinstance(w, tvm.runtime.Tensor) else tvm.runtime.tensor(w, self.device)
+                   for w in weights]
+        if "main_transform_params" in list_vm_functions(self.vm):
+            # the weight-only work lifted out of main (layouts, packing): run it once, here
+            weights = list(self.vm["main_transform_params"](weights))
+        self.weights = weights
+        self.main = self.vm["main"]
+
+    def run(self, data):
+        """Run main on a TVM tensor (no copies); return the TVM output."""
+        return self.main(data, *self.weights)
+
+    def __call__(self, data):
+        data = tvm.runtime.tensor(np.asarray(data, dtype="float32"), self.device)
+        return self.run(data).numpy()
+
+
+def list_vm_functions(vm):
+    """Return the names of the functions a Relax VirtualMachine offers that matter here."""
+    return [name for name in ("main", "main_transform_params")
+            if vm.module.implements_function(name)]
+
+# ----------------------------------------------------------------------
+# Defined in chapters/appendix/measuring.ipynb
+def compile_relax(mod, weights, target=None, pipeline=None):
+    """Compile MOD for TARGET (default: host_target()) with PIPELINE; return a CompiledModel.
+
+    The default pipeline lifts weight-only work into main_transform_params, then runs
+    inference_pipeline() (decompose BatchNorm, legalize, fuse).
+    """
+    from tvm import relax
+    target = target or host_target()
+    if pipeline is None:
+        pipeline = tvm.transform.Sequential([relax.transform.LiftTransformParams(),
+                                             inference_pipeline()])
+    # every pipeline here stops at fused TensorIR; the default build passes lower it for the VM
+    full = tvm.transform.Sequential([pipeline, relax.get_pipeline("default")])
+    executable = tvm.compile(mod, target=target, relax_pipeline=full)
+    return CompiledModel(executable, weights)
+
+# ----------------------------------------------------------------------
+# Defined in chapters/appendix/measuring.ipynb
+import statistics
+import time
+
+
+def median_seconds(function, repeats=25, warmup=3, min_sample_seconds=2e-3, max_number=1000,
+                   max_seconds=10.0):
+    """Median wall time in seconds of one call of FUNCTION, over REPEATS samples.
+
+    Fewer samples (at least three) are taken when they would last more than MAX_SECONDS.
+    """
+    for _ in range(warmup):
+        function()
+    number = 1  # calls per sample: enough that one sample lasts MIN_SAMPLE_SECONDS
+    while number < max_number:
+        start = time.perf_counter()
+        for _ in range(number):
+            function()
+        if time.perf_counter() - start >= min_sample_seconds:
+            break
+        number *= 2
+    samples, deadline = [], time.perf_counter() + max_seconds
+    for _ in range(repeats):
+        if len(samples) >= 3 and time.perf_counter() > deadline:
+            break  # a slow method: three samples already give a usable median
+        start = time.perf_counter()
+        for _ in range(number):
+            function()
+        samples.append((time.perf_counter() - start) / number)
+    return statistics.median(samples)
+
+# ----------------------------------------------------------------------
+# Defined in chapters/appendix/measuring.ipynb
+def benchmark_table(workload, seconds, baseline="torch"):
+    """Turn {method: median seconds} into rows {workload, method, ms, ratio}, where ratio is
+    the time relative to the baseline's."""
+    if baseline not in seconds:
+        raise ValueError(f"the baseline {baseline!r} was not measured; methods: {sorted(seconds)}")
+    bad = {m: s for m, s in seconds.items() if not (isinstance(s, (int, float)) and s > 0)}
+    if bad:
+        raise ValueError(f"timings must be positive numbers of seconds, got {bad}")
+    base = seconds[baseline]
+    return [{"workload": workload, "method": method, "ms": s * 1e3, "ratio": s / base}
+            for method, s in seconds.items()]
+
+
+def benchmark(workload, methods, baseline="torch", rounds=3, **timing):
+    """Time the zero-argument callables of METHODS ({name: function}) in ROUNDS interleaved
+    rounds; return benchmark_table rows of the medians over rounds."""
+    if rounds < 1:
+        raise ValueError(f"benchmark needs at least one round, got {rounds}")
+    per_round = {name: [] for name in methods}
+    for _ in range(rounds):  # every round times every method: a slow stretch hits them all
+        for name, function in methods.items():
+            per_round[name].append(median_seconds(function, **timing))
+    medians = {name: statistics.median(s) for name, s in per_round.items()}
+    return benchmark_table(workload, medians, baseline)
+
+
+def ratio_lines(rows, baseline="torch"):
+    """Format rows as lines 'WORKLOAD METHOD/BASELINE RATIO' (below 1: faster than baseline)."""
+    return [f"{r['workload']} {r['method']}/{baseline} {r['ratio']:.2f}"
+            for r in rows if r["method"] != baseline]
+
+# ----------------------------------------------------------------------
+# Defined in chapters/appendix/measuring.ipynb
+def plot_benchmark(rows, baseline="torch", separate=("tvm-untuned",)):
+    """Bar chart of time relative to BASELINE, one group of bars per workload, log scale, bars
+    from the baseline's line; the methods in SEPARATE get a panel of their own, with its own
+    scale. Return the list of axes, the main one first."""
+    import matplotlib.pyplot as plt
+    from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
+    workloads = list(dict.fromkeys(r["workload"] for r in rows))
+    methods = [m for m in dict.fromkeys(r["method"] for r in rows) if m != baseline]
+    groups = [g for g in ([m for m in methods if m not in separate],
+                          [m for m in methods if m in separate]) if g]
+    widths = [len(workloads) * (0.25 * len(g) + 0.4) for g in groups]
+    _, axes = plt.subplots(1, len(groups), squeeze=False, width_ratios=widths,
+                           figsize=(1.5 + sum(widths), 3.6))
+    ratio = {(r["workload"], r["method"]): r["ratio"] for r in rows}
+    colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    for ax, group in zip(axes[0], groups):
+        width = 0.8 / len(group)
+        for i, method in enumerate(group):
+            points = [(j + (i - (len(group) - 1) / 2) * width, ratio[w, method])
+                      for j, w in enumerate(workloads) if (w, method) in ratio]
+            ax.bar([x for x, _ in points], [r - 1 for _, r in points], width, bottom=1,
+                   label=method, color=colors[methods.index(method) % len(colors)])
+        values = [r for (_, m), r in ratio.items() if m in group] + [1.0]
+        ax.set_yscale("log")
+        ax.set_ylim(min(values) / 1.3, max(values) * 1.3)
+        ax.yaxis.set_major_locator(LogLocator(subs=(1, 2, 5)))
+        ax.yaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
+        ax.yaxis.set_minor_formatter(NullFormatter())
+        ax.axhline(1.0, color="black", linewidth=0.8)
+        ax.set_xticks(range(len(workloads)), workloads, rotation=30, ha="right")
+        ax.legend(fontsize="small", loc="upper center", bbox_to_anchor=(0.5, -0.3), ncol=2)
+    axes[0][0].set_ylabel(f"time / {baseline} time (log)")
+    return list(axes[0])
+
+# ----------------------------------------------------------------------
+# Defined in chapters/appendix/measuring.ipynb
+_TORCH_KERNELS = {}  # name -> Python function registered with TVM; kept alive for the process
+
+
+def register_torch_kernel(name, function):
+    """Register FUNCTION as TVM global function NAME (once per process); return NAME."""
+    if name not in _TORCH_KERNELS:
+        tvm.register_global_func(name, function, override=True)
+        _TORCH_KERNELS[name] = function
+    return name
+
+
+def _conv2d_attributes(strides, padding, dilation, groups):
+    """Return strides, padding, dilation as int tuples, groups as an int, and a name suffix."""
+    strides, padding, dilation = (tuple(int(v) for v in t) for t in (strides, padding, dilation))
+    groups = int(groups)
+    suffix = "s{}x{}.p{}x{}.d{}x{}.g{}".format(*strides, *padding, *dilation, groups)
+    return strides, padding, dilation, groups, suffix
+
+# ----------------------------------------------------------------------
+# Defined in chapters/appendix/measuring.ipynb
+def torch_conv2d_kernel(strides, padding, dilation, groups):
+    """Register and name a destination-passing conv2d(data, weight, out) computed by torch."""
+    strides, padding, dilation, groups, suffix = _conv2d_attributes(strides, padding, dilation,
+                                                                    groups)
+
+    def conv2d(data, weight, out):
+        import torch
+        # aten's convolution with an out= tensor writes the result straight into TVM's buffer
+        torch.ops.aten.convolution.out(torch.from_dlpack(data), torch.from_dlpack(weight), None,
+                                       strides, padding, dilation, False, (0, 0), groups,
+                                       out=torch.from_dlpack(out))
+
+    return register_torch_kernel("d2ltvm.torch_conv2d." + suffix, conv2d)
+
+
+def torch_matmul_kernel():
+    """Register and name a destination-passing matmul(a, b, out) computed by torch.matmul."""
+    def matmul(a, b, out):
+        import torch
+        torch.matmul(torch.from_dlpack(a), torch.from_dlpack(b), out=torch.from_dlpack(out))
+
+    return register_torch_kernel("d2ltvm.torch_matmul", matmul)
+
+# ----------------------------------------------------------------------
+# Defined in chapters/appendix/measuring.ipynb
+def rewrite_relax_functions(mod, mutator_class):
+    """Return a copy of MOD whose Relax functions went through MUTATOR_CLASS(mod), a
+    PyExprMutator; TensorIR functions are kept."""
+    from tvm import relax
+    result = tvm.IRModule(attrs=mod.attrs)
+    for gvar, func in mod.functions.items():
+        is_relax = isinstance(func, relax.Function)
+        result[gvar] = mutator_class(mod).visit_expr(func) if is_relax else func
+    return result
+
+
+def count_relax_ops(mod, name):
+    """Count the calls of the Relax operator NAME (e.g. 'relax.nn.conv2d') in MOD."""
+    from tvm import relax
+    op, calls = tvm.ir.Op.get(name), []
+
+    def visit(expr):
+        if isinstance(expr, relax.Call) and expr.op.same_as(op):
+            calls.append(expr)
+
+    for func in mod.functions.values():
+        if isinstance(func, relax.Function):
+            relax.analysis.post_order_visit(func, visit)
+    return len(calls)
+
+# ----------------------------------------------------------------------
+# Defined in chapters/appendix/measuring.ipynb
+def dispatch_to_torch(mod, ops=("conv2d", "matmul")):
+    """Return a copy of MOD where every float32 R.nn.conv2d (NCHW/OIHW, symmetric padding) and
+    2-D R.matmul named in OPS calls torch through call_dps_packed."""
+    from tvm import relax
+    unknown = set(ops) - {"conv2d", "matmul"}
+    if unknown:
+        raise ValueError(f"dispatch_to_torch cannot dispatch {sorted(unknown)}: "
+                         "it knows conv2d and matmul")
+    conv2d_op, matmul_op = tvm.ir.Op.get("relax.nn.conv2d"), tvm.ir.Op.get("relax.matmul")
+
+    @relax.expr_functor.mutator
+    class TorchDispatcher(relax.PyExprMutator):
+        def visit_call_(self, call):
+            call = self.visit_expr_post_order(call)  # rewrite the arguments first
+            out_type = call.ty
+            if not isinstance(out_type, relax.TensorType) or out_type.dtype != "float32":
+                return call
+            if "conv2d" in ops and call.op.same_as(conv2d_op):
+                a = call.attrs
+                top, left, bottom, right = (int(p) for p in a.padding)
+                if (a.data_layout, a.kernel_layout, a.out_layout) != ("NCHW", "OIHW", "NCHW") \
+                        or (top, left) != (bottom, right):
+                    return call  # torch's conv2d takes NCHW/OIHW and symmetric padding only
+                name = torch_conv2d_kernel(a.strides, (top, left), a.dilation, a.groups)
+                return relax.call_dps_packed(name, [call.args[0], call.args[1]], out_type)
+            if "matmul" in ops and call.op.same_as(matmul_op) \
+                    and all(arg.ty.ndim == 2 for arg in call.args):
+                return relax.call_dps_packed(torch_matmul_kernel(), list(call.args), out_type)
+            return call
+
+    return rewrite_relax_functions(mod, TorchDispatcher)
+
+# ----------------------------------------------------------------------
+# Defined in chapters/appendix/measuring.ipynb
+class PackedConv2dWeight:
+    """A conv2d weight reordered once into oneDNN's blocked layout for one input shape (TVM
+    carries it as an opaque object)."""
+
+    def __init__(self, weight, data_shape, strides, padding, dilation, groups):
+        import torch
+        # weight: an OIHW torch tensor; data_shape: the NCHW shape of the inputs it will see
+        self.shape = tuple(weight.shape)
+        self.tensor = torch._C._nn.mkldnn_reorder_conv2d_weight(
+            weight.contiguous().to_mkldnn(), list(padding), list(strides), list(dilation), groups,
+            list(data_shape))
+
+    def __repr__(self):
+        return f"PackedConv2dWeight(shape={self.shape})"
+
+
+def torch_pack_conv2d_kernel(strides, padding, dilation, groups):
+    """Register and name pack(weight OHWI, data_shape NHWC) -> PackedConv2dWeight."""
+    strides, padding, dilation, groups, suffix = _conv2d_attributes(strides, padding, dilation,
+                                                                    groups)
+
+    def pack(weight, data_shape):
+        import torch
+        n, h, w, c = (int(v) for v in data_shape)
+        oihw = torch.from_dlpack(weight).permute(0, 3, 1, 2)  # OHWI memory seen as OIHW
+        return PackedConv2dWeight(oihw, (n, c, h, w), strides, padding, dilation, groups)
+
+    return register_torch_kernel("d2ltvm.torch_pack_conv2d." + suffix, pack)
+
+# ----------------------------------------------------------------------
+# Defined in chapters/appendix/measuring.ipynb
+def torch_packed_conv2d_kernel(strides, padding, dilation, groups):
+    """Register and name conv2d(data NHWC, packed weight) -> a new NHWC tensor, by oneDNN."""
+    strides, padding, dilation, groups, suffix = _conv2d_attributes(strides, padding, dilation,
+                                                                    groups)
+
+    def conv2d(data, packed):
+        import torch
+        nchw = torch.from_dlpack(data).permute(0, 3, 1, 2)  # a channels-last view: no copy
+        result = torch.ops.mkldnn._convolution_pointwise(
+            nchw, packed.tensor, None, padding, strides, dilation, groups, "none", [], "")
+        return result.permute(0, 2, 3, 1).contiguous()  # channels-last already: no copy
+
+    return register_torch_kernel("d2ltvm.torch_packed_conv2d." + suffix, conv2d)
+
+# ----------------------------------------------------------------------
+# Defined in chapters/appendix/measuring.ipynb
+def dispatch_to_onednn(mod):
+    """Return a copy of MOD in NHWC where float32 static-shape conv2d runs in oneDNN (through
+    torch) with weights packed once; 2-D matmul goes to torch."""
+    import torch
+    from tvm import relax
+    if not torch.backends.mkldnn.is_available():
+        raise RuntimeError("dispatch_to_onednn needs a PyTorch built with oneDNN "
+                           "(torch.backends.mkldnn.is_available() is False); "
+                           "use dispatch_to_torch instead")
+    mod = relax.transform.ConvertLayout({"relax.nn.conv2d": ["NHWC", "OHWI"]})(mod)
+    conv2d_op = tvm.ir.Op.get("relax.nn.conv2d")
+
+    @relax.expr_functor.mutator
+    class OneDNNDispatcher(relax.PyExprMutator):
+        def visit_call_(self, call):
+            call = self.visit_expr_post_order(call)
+            if not call.op.same_as(conv2d_op) or call.ty.dtype != "float32":
+                return call
+            a, (data, weight) = call.attrs, call.args
+            top, left, bottom, right = (int(p) for p in a.padding)
+            shape = data.ty.shape
+            static = shape is not None and all(isinstance(v, tvm.tirx.IntImm) for v in shape)
+            if (a.data_layout, a.kernel_layout, a.out_layout) != ("NHWC", "OHWI", "NHWC") \
+                    or (top, left) != (bottom, right) or not static:
+                return call  # packing needs a known input shape; torch pads symmetrically
+            attributes = (a.strides, (top, left), a.dilation, a.groups)
+            data_shape = relax.ShapeExpr([int(v) for v in shape])
+            packed = self.builder_.emit(relax.call_pure_packed(
+                torch_pack_conv2d_kernel(*attributes), weight, data_shape,
+                ty_args=relax.ObjectType()))
+            return relax.call_pure_packed(torch_packed_conv2d_kernel(*attributes), data, packed,
+                                          ty_args=call.ty)
+
+    return dispatch_to_torch(rewrite_relax_functions(mod, OneDNNDispatcher),
+                             ops=("matmul",))  # the classifier's matmuls, as before
+
+# ----------------------------------------------------------------------
+# Defined in chapters/appendix/measuring.ipynb
+import json
+
+
+def tuning_root():
+    """Return the folder of the tuning databases the book ships: data/tuning beside d2ltvm."""
+    import d2ltvm
+    return pathlib.Path(d2ltvm.__file__).resolve().parent.parent / "data" / "tuning"
+
+
+def database_target(folder):
+    """Return the target a shipped database in FOLDER was tuned for, from tuning_info.json."""
+    info = pathlib.Path(folder) / "tuning_info.json"
+    if not info.is_file():
+        raise FileNotFoundError(f"{info} is missing: a shipped database records its target there")
+    return tvm.target.Target(json.loads(info.read_text())["target"])
+
+
+def shipped_tuning_database(model, target=None, root=None):
+    """Return the shipped database folder for MODEL tuned for TARGET's ISA class, or None."""
+    wanted = isa_class(target or host_target())
+    for info in sorted(pathlib.Path(root or tuning_root()).glob(f"{model}_*/tuning_info.json")):
+        if json.loads(info.read_text()).get("model") == model \
+                and isa_class(database_target(info.parent)) == wanted:
+            return info.parent
+    return None
+
+
+def record_isa_classes(database):
+    """Return the set of ISA classes of the targets the records of DATABASE were measured for."""
+    return {isa_class(target) for target in
+            {str(r.target): r.target for r in database.get_all_tuning_records()}.values()}
+
+# ----------------------------------------------------------------------
+# Defined in chapters/appendix/measuring.ipynb
+import tempfile
+
+TUNE_COMMAND = "python tools/tune_resnet18.py --model {model} --trials 600"
+DATABASE_FILES = ("database_workload.json", "database_tuning_record.json")
+_UNPACKED_DATABASES = {}  # shipped folder -> temporary folder holding its unpacked JSON files
+
+
+def tuning_database_folder(folder, model="resnet18"):
+    """Return a folder with the plain JSON files of the database in FOLDER (plain or gzipped)."""
+    import gzip
+    import shutil
+    folder = pathlib.Path(folder)
+    if all((folder / name).is_file() for name in DATABASE_FILES):
+        return folder
+    if all((folder / f"{name}.gz").is_file() for name in DATABASE_FILES):
+        key = str(folder.resolve())
+        if key not in _UNPACKED_DATABASES:
+            target = pathlib.Path(tempfile.mkdtemp(prefix="d2ltvm-tuning-"))
+            for name in DATABASE_FILES:
+                with gzip.open(folder / f"{name}.gz", "rb") as src, \
+                        open(target / name, "wb") as dst:
+                    shutil.copyfileobj(src, dst)
+            _UNPACKED_DATABASES[key] = target
+        return _UNPACKED_DATABASES[key]
+    raise FileNotFoundError(f"no tuning database at {folder} (expected {DATABASE_FILES[0]} and "
+                            f"{DATABASE_FILES[1]}, or the two gzipped): build it with "
+                            f"`{TUNE_COMMAND.format(model=model)}` from the book's folder")
+
+
+def open_tuning_database(folder, model="resnet18"):
+    """Open the MetaSchedule JSON database in FOLDER (plain or gzipped files)."""
+    from tvm.s_tir import meta_schedule as ms
+    plain = tuning_database_folder(folder, model)
+    return ms.database.JSONDatabase(path_workload=str(plain / DATABASE_FILES[0]),
+                                    path_tuning_record=str(plain / DATABASE_FILES[1]),
+                                    allow_missing=False)
+
+# ----------------------------------------------------------------------
+# Defined in chapters/appendix/measuring.ipynb
+def compact_tuning_database(work_dir, out_dir):
+    """Write the best record of every workload of the database in WORK_DIR, gzipped, to OUT_DIR;
+    return the number of records written."""
+    import gzip
+    import shutil
+    from tvm.s_tir import meta_schedule as ms
+    import tvm_ffi
+    source = open_tuning_database(work_dir)
+    out_dir = pathlib.Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory() as scratch:
+        compact = ms.database.JSONDatabase(work_dir=scratch)
+        count, seen = 0, set()
+        for record in source.get_all_tuning_records():
+            key = tvm_ffi.structural_hash(record.workload.mod)
+            if key in seen:
+                continue
+            seen.add(key)
+            best = source.get_top_k(record.workload, 1)
+            if best:
+                workload = compact.commit_workload(record.workload.mod)
+                compact.commit_tuning_record(ms.database.TuningRecord(
+                    best[0].trace, workload, best[0].run_secs, best[0].target, best[0].args_info))
+                count += 1
+        for name in DATABASE_FILES:
+            (out_dir / name).unlink(missing_ok=True)
+            # mtime=0: the same records give the same bytes
+            with open(pathlib.Path(scratch) / name, "rb") as src, \
+                    gzip.GzipFile(out_dir / f"{name}.gz", "wb", compresslevel=9, mtime=0) as dst:
+                shutil.copyfileobj(src, dst)
+    return count
+
+# ----------------------------------------------------------------------
+# Defined in chapters/appendix/measuring.ipynb
+def compile_with_torch(workload):
+    """torch.compile the workload's model for its input shape; return it, or None on failure."""
+    import torch
+    model, x = workload["model"], workload["input"]
+    compiled_model = torch.compile(model, dynamic=False)
+    try:
+        with torch.no_grad():
+            np.testing.assert_allclose(compiled_model(x).numpy(), model(x).numpy(),
+                                       rtol=1e-4, atol=1e-4)
+    except (RuntimeError, OSError) as err:  # e.g. no C++ compiler: inductor raises RuntimeError
+        print(f"{workload['label']}: torch.compile failed here ({type(err).__name__}), left out")
+        return None
+    print(f"{workload['label']}: torch.compile matches PyTorch eager within 1e-4")
+    return compiled_model

@@ -471,13 +471,40 @@ def test_benchmark_and_median_on_fake_functions():
         d2ltvm.benchmark("w", {"torch": lambda: None}, rounds=0)
 
 
-def test_plot_benchmark_draws_one_bar_per_row():
+def test_plot_benchmark_draws_one_bar_per_row_and_untuned_apart():
     import matplotlib
     matplotlib.use("Agg")
-    rows = d2ltvm.benchmark_table("a", {"torch": 1.0, "x": 2.0}) + d2ltvm.benchmark_table("b", {"torch": 1.0, "x": 0.5})
-    ax = d2ltvm.plot_benchmark(rows)
-    heights = sorted(p.get_height() for p in ax.patches)
-    assert heights == [0.5, 1.0, 1.0, 2.0]
+    table = d2ltvm.benchmark_table
+    rows = table("a", {"torch": 1.0, "x": 2.0, "tvm-untuned": 40.0}) + table("b", {"torch": 1.0, "x": 0.5})
+    main, untuned = d2ltvm.plot_benchmark(rows)  # the baseline is a line, not a bar
+
+    def bar_ends(ax):  # bars start at the baseline's 1 and end at the ratio
+        assert all(p.get_y() == 1 for p in ax.patches)
+        return sorted(p.get_y() + p.get_height() for p in ax.patches)
+
+    assert bar_ends(main) == [0.5, 2.0] and bar_ends(untuned) == [40.0]
+    (only,) = d2ltvm.plot_benchmark([r for r in rows if r["method"] != "tvm-untuned"])
+    assert bar_ends(only) == [0.5, 2.0]
+
+
+def test_default_pipeline_fuses_batchnorm_into_the_convolution():
+    import torch
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3, bias=False), torch.nn.BatchNorm2d(4),
+                                torch.nn.ReLU())
+    with torch.no_grad():
+        model[1].running_mean.uniform_(-1, 1)
+        model[1].running_var.uniform_(0.5, 2)
+    model.eval()
+    x = torch.randn(1, 3, 8, 8)
+    mod, weights = d2ltvm.torch_to_relax(model, x)
+    with d2ltvm.host_target():
+        fused = d2ltvm.inference_pipeline()(mod)
+    kernels = [gv.name_hint for gv in fused.functions if "conv2d" in gv.name_hint]
+    assert len(kernels) == 1 and "multiply" in kernels[0]  # the BatchNorm arithmetic
+    with torch.no_grad():
+        np.testing.assert_allclose(d2ltvm.compile_relax(mod, weights)(x.numpy()), model(x).numpy(),
+                                   **TOLERANCE)
 
 
 def test_unknown_workload():

@@ -2,13 +2,14 @@
 
 Usage (from the repository root):
 
-    python tools/benchmark.py                  # ResNet-18 batch 1, the MLP and the Keras CNN at batch 1 and 64
-    python tools/benchmark.py --torch-compile  # add torch.compile (its first call compiles, up to a minute)
+    python tools/benchmark.py                  # ResNet-18 batch 1; the MLP and the CNN, batch 1, 64
+    python tools/benchmark.py --torch-compile  # add torch.compile (its first call compiles the model)
     python tools/benchmark.py --models resnet18 --methods tvm-tuned --tvm-threads 1
 
-Prints one line per workload and method with its time relative to PyTorch eager, e.g.
-`resnet18 batch1 tvm-tuned/torch 0.83` (below 1: faster than PyTorch). The ratios are medians of
-many calls after warm-up; on a busy machine, run it twice. TVM runs with as many threads as
+Prints one line per workload and method with its time relative to PyTorch eager, in the form
+`resnet18 batch1 tvm-tuned/torch RATIO` (below 1: faster than PyTorch; the ratios this machine
+measures are in chapters/performance/performance.ipynb). The ratios are medians of many calls
+after warm-up; on a busy machine, run it twice. TVM runs with as many threads as
 PyTorch (--tvm-threads changes that, to show what the thread count is worth).
 
 Everything is compiled for d2ltvm.host_target() (this machine, or $D2LTVM_TARGET). tvm-tuned uses

@@ -1,8 +1,8 @@
-"""Check that every line of requirements.txt has a wheel on each platform the book supports.
+"""Check that every line of requirements.txt has a wheel for each platform and Python we support.
 
-For each platform, the environment markers of requirements.txt are evaluated for THAT platform
-(pip itself evaluates them for the running machine only, even with --platform), and each
-requirement that applies is fetched alone with
+For each platform and Python, the environment markers of requirements.txt are evaluated for
+THAT platform and Python (pip itself evaluates them for the running machine only, even with
+--platform), and each requirement that applies is fetched alone with
 
     pip download --no-deps --only-binary=:all: --platform TAG ... NAME==VERSION
 
@@ -11,8 +11,8 @@ requirement and platform (the wheel's file name, or why none matched) and exits 
 requirement has no wheel. Unpinned lines are checked at the newest version pip picks.
 With --ignore-markers it also tries the lines the markers leave out (to see that they must be).
 
-    python tools/check_wheels.py                      # all platforms
-    python tools/check_wheels.py --platform macos-arm64 --only torch
+    python tools/check_wheels.py                      # all platforms, Pythons 3.11-3.13
+    python tools/check_wheels.py --platform macos-arm64 --python 3.13 --only torch
 """
 import argparse
 import pathlib
@@ -37,9 +37,14 @@ PLATFORMS = {
     "macos-arm64": ({"sys_platform": "darwin", "platform_system": "Darwin",
                      "platform_machine": "arm64"}, ["macosx_14_0_arm64"]),
 }
-PYTHON = {"python_version": "3.11", "python_full_version": "3.11.9",
-          "implementation_name": "cpython", "platform_python_implementation": "CPython",
-          "os_name": "posix"}
+PYTHONS = ("3.11", "3.12", "3.13")
+
+
+def python_env(version):
+    """Return the marker variables of CPython VERSION ('3.12')."""
+    return {"python_version": version, "python_full_version": version + ".0",
+            "implementation_name": "cpython", "platform_python_implementation": "CPython",
+            "os_name": "posix"}
 
 
 def requirements(path=ROOT / "requirements.txt"):
@@ -48,17 +53,18 @@ def requirements(path=ROOT / "requirements.txt"):
     return [Requirement(line) for line in lines if line]
 
 
-def applies(requirement, platform):
-    """Return whether a requirement's marker holds on a platform (always, without a marker)."""
-    marker_env = dict(PYTHON, **PLATFORMS[platform][0])
+def applies(requirement, platform, version):
+    """Return whether a requirement's marker holds on a platform and Python (always, unmarked)."""
+    marker_env = dict(python_env(version), **PLATFORMS[platform][0])
     return requirement.marker is None or requirement.marker.evaluate(marker_env)
 
 
-def check(requirement, platform, folder):
-    """Download the requirement's wheel for the platform; return (ok, wheel name or pip's error)."""
+def check(requirement, platform, version, folder):
+    """Download the requirement's wheel for platform and Python; return (ok, wheel or error)."""
     spec = requirement.name + str(requirement.specifier)
     command = [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:",
-               "--python-version", "3.11", "--implementation", "cp", "--abi", "cp311",
+               "--python-version", version, "--implementation", "cp",
+               "--abi", "cp" + version.replace(".", ""), "--abi", "abi3", "--abi", "none",
                "--dest", str(folder), "--quiet"]
     for tag in PLATFORMS[platform][1]:
         command += ["--platform", tag]
@@ -76,6 +82,7 @@ def check(requirement, platform, folder):
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--platform", choices=sorted(PLATFORMS), action="append")
+    parser.add_argument("--python", choices=PYTHONS, action="append")
     parser.add_argument("--only", action="append", help="check only these package names")
     parser.add_argument("--ignore-markers", action="store_true",
                         help="also check the lines whose marker leaves them out")
@@ -84,17 +91,19 @@ def main():
     with tempfile.TemporaryDirectory() as scratch:
         folder = pathlib.Path(scratch)
         for platform in args.platform or list(PLATFORMS):
-            for requirement in requirements():
-                if args.only and requirement.name not in args.only:
-                    continue
-                spec = requirement.name + str(requirement.specifier)
-                if not args.ignore_markers and not applies(requirement, platform):
-                    print(f"{platform:14s} {spec:28s} skipped (marker: {requirement.marker})")
-                    continue
-                ok, what = check(requirement, platform, folder)
-                failures += not ok
-                print(f"{platform:14s} {spec:28s} {'wheel' if ok else 'NO WHEEL'}: {what}",
-                      flush=True)
+            for version in args.python or PYTHONS:
+                where = f"{platform} py{version}"
+                for requirement in requirements():
+                    if args.only and requirement.name not in args.only:
+                        continue
+                    spec = requirement.name + str(requirement.specifier)
+                    if not args.ignore_markers and not applies(requirement, platform, version):
+                        print(f"{where:20s} {spec:28s} skipped (marker: {requirement.marker})")
+                        continue
+                    ok, what = check(requirement, platform, version, folder)
+                    failures += not ok
+                    print(f"{where:20s} {spec:28s} {'wheel' if ok else 'NO WHEEL'}: {what}",
+                          flush=True)
     sys.exit(1 if failures else 0)
 
 

@@ -12,14 +12,15 @@ which keeps every measured candidate. Running the command again with the same wo
 RESUMES: the search starts from the best schedules already measured and adds new records, so the
 database grows across runs; stop it at any time (Ctrl-C) and run it with --trials 0 to ship what
 it has. After tuning, the best record of every workload is copied, gzipped, into
-data/tuning/<model>_<class>/ (about 200 KB; <class> is the target's instruction-set class,
+data/tuning/<model>_<class>/ (under 200 KB for ResNet-18; <class> is the target's instruction-set class,
 d2ltvm.isa_class: x86-64-avx512, x86-64-avx2, x86-64 or aarch64), together with tuning_info.json
 (target, class, trials, tuning time, date, TVM version, accumulated over runs, and the tuning
 progress: the model latency the search had measured after every 50 trials).
 
 The database is tied to the target it was measured on: d2ltvm.host_target() (this machine's CPU
 and the cores this process may use, or $D2LTVM_TARGET), with --mcpu and --num-cores to change
-them; the chapter applies a database only to targets of the same class. Candidates are measured with that many TVM threads (TVM_NUM_THREADS), the number the
+them; the chapter applies a database only to targets of the same class. Candidates are measured
+with that many TVM threads (TVM_NUM_THREADS), the number the
 chapter chapters/performance/performance.ipynb runs the models with; it explains how to apply the
 result. Tuning depends on shapes, not on weight values: ResNet-18 uses torchvision's architecture
 with seeded random weights when the pretrained ones cannot be downloaded.
