@@ -369,6 +369,7 @@ def inference_pipeline():
     """Return the book's Relax pipeline for inference: decompose batch norm, legalize, fuse."""
     from tvm import relax
     return tvm.transform.Sequential([relax.transform.DecomposeOpsForInference(),
+                                     relax.transform.CanonicalizeBindings(),
                                      relax.get_pipeline("zero")])
 
 
