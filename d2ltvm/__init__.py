@@ -648,11 +648,13 @@ def emit(self, expr, layer):
 
 @add_to_class(KerasToRelax)
 def shape(self, y):
+    """The static shape of the Relax value y, as a list of ints."""
     return [int(d) for d in y.ty.shape]
 
 
 @add_to_class(KerasToRelax)
 def channel_axis(self, y):
+    """The axis of y that holds the channels, in the current layout."""
     return 1 if len(self.shape(y)) == 4 and self.current == "NCHW" else len(self.shape(y)) - 1
 
 
@@ -670,6 +672,7 @@ def activation(self, name, y, layer):
 
 @add_to_class(KerasToRelax)
 def add_bias(self, y, bias, layer):
+    """Add a per-channel bias to y along its channel axis."""
     from tvm import relax
     shape = [1] * len(self.shape(y))
     shape[self.channel_axis(y)] = -1
@@ -693,6 +696,7 @@ def same_padding(self, y, kernel, strides, dilation=(1, 1)):
 
 @add_to_class(KerasToRelax)
 def convert_Conv2D(self, layer, y):
+    """A Conv2D layer: convolution in the chosen layout, bias, activation."""
     from tvm import relax
     cfg = layer.get_config()
     kernel, *bias = layer.get_weights()  # kernel: (KH, KW, I, O), Keras' HWIO
@@ -715,6 +719,7 @@ def convert_Conv2D(self, layer, y):
 # Defined in chapters/compiling_models/keras_mnist.ipynb
 @add_to_class(KerasToRelax)
 def pool(self, layer, y, kind):
+    """A max or average pooling layer (kind 'max' or 'avg')."""
     from tvm import relax
     cfg = layer.get_config()
     size = tuple(cfg["pool_size"])
@@ -737,17 +742,20 @@ def pool(self, layer, y, kind):
 
 @add_to_class(KerasToRelax)
 def convert_MaxPooling2D(self, layer, y):
+    """A MaxPooling2D layer."""
     return self.pool(layer, y, "max")
 
 
 @add_to_class(KerasToRelax)
 def convert_AveragePooling2D(self, layer, y):
+    """An AveragePooling2D layer."""
     return self.pool(layer, y, "avg")
 
 # ----------------------------------------------------------------------
 # Defined in chapters/compiling_models/keras_mnist.ipynb
 @add_to_class(KerasToRelax)
 def convert_Flatten(self, layer, y):
+    """A Flatten layer, in Keras' channels-last order."""
     from tvm import relax
     y = self.to_layout(y, "NHWC")  # Keras flattens channels-last: Dense expects that order
     n, *rest = self.shape(y)
@@ -756,6 +764,7 @@ def convert_Flatten(self, layer, y):
 
 @add_to_class(KerasToRelax)
 def convert_Dense(self, layer, y):
+    """A Dense layer: matmul with the (inputs, units) kernel, bias, activation."""
     from tvm import relax
     cfg = layer.get_config()
     kernel, *bias = layer.get_weights()  # kernel: (inputs, units)
@@ -769,34 +778,38 @@ def convert_Dense(self, layer, y):
 # Defined in chapters/compiling_models/keras_mnist.ipynb
 @add_to_class(KerasToRelax)
 def convert_InputLayer(self, layer, y):
+    """An InputLayer: nothing to compute."""
     return y
 
 
 @add_to_class(KerasToRelax)
 def convert_Dropout(self, layer, y):
-    return y  # dropout is the identity at inference
+    """A Dropout layer: the identity at inference."""
+    return y
 
 
 @add_to_class(KerasToRelax)
 def convert_Activation(self, layer, y):
+    """An Activation layer."""
     return self.activation(layer.get_config()["activation"], y, layer)
 
 
 @add_to_class(KerasToRelax)
 def convert_ReLU(self, layer, y):
+    """A ReLU layer."""
     return self.activation("relu", y, layer)
 
 
 @add_to_class(KerasToRelax)
 def convert_Softmax(self, layer, y):
+    """A Softmax layer, its axis moved to where the layout puts it."""
     from tvm import relax
     axis = layer.get_config().get("axis", -1)
     rank = len(self.shape(y))
-    axis = axis % rank
+    axis %= rank
     if rank == 4 and self.current == "NCHW":
         axis = [0, 2, 3, 1][axis]  # Keras axis (N, H, W, C) -> its position in NCHW
     return self.emit(relax.op.nn.softmax(y, axis=axis), layer)
-
 
 
 def from_keras(model, layout="NHWC", batch_size=1):
