@@ -71,9 +71,16 @@ def test_a_crashed_worker_fails_the_run_and_names_the_test(tmp_path):
     rc, out = run_pytest(tmp_path, {"test_crash.py": crash, **others}, worker_options(),
                          "-n", "2", "--dist", "loadfile")
     assert rc == 1, f"exit status {rc}, expected 1 (tests failed):\n{out[-4000:]}"
-    assert re.search(r"worker 'gw\d+' crashed while running 'test_crash.py::test_illegal_instruction'", out), out[-4000:]
+    crashes = re.findall(r"worker 'gw\d+' crashed while running "
+                         r"'test_crash.py::test_illegal_instruction'", out)
+    assert crashes, out[-4000:]
     assert "replacing crashed worker" not in out, out[-4000:]
-    assert re.search(r"^=+ 1 failed, \d+ passed in ", out, re.M), f"the crashing test ran more than once:\n{out[-4000:]}"
+    # No worker is replaced, so the crash happens at most once per worker: xdist may hand the
+    # crashed worker's file to the other worker, which then dies on it too (seen with Python 3.12),
+    # and then the run ends. What must not happen is a crash re-run by replacement workers.
+    summary = re.search(r"^=+ (\d+) failed, \d+ passed in ", out, re.M)
+    assert summary and int(summary.group(1)) == len(crashes) <= 2, (
+        f"the crashing test ran more often than once per worker:\n{out[-4000:]}")
 
 
 def test_a_hung_test_is_ended_and_named(tmp_path):
