@@ -2246,11 +2246,14 @@ def compact_tuning_database(work_dir, out_dir):
 def compile_with_torch(workload):
     """torch.compile the workload's model for its input shape; return it, or None on failure."""
     import logging
+    import warnings
 
     import torch
     # PyPI's CUDA build of PyTorch (what Python 3.12 and 3.13 get on Linux) logs "No CUDA runtime
     # is found" when Inductor compiles its C++ kernels on a machine without CUDA: not our concern
     logging.getLogger("torch.utils.cpp_extension").setLevel(logging.ERROR)
+    # and on Python 3.13.0 exactly, TorchDynamo warns that its guards run slower than on 3.13.1+
+    warnings.filterwarnings("ignore", message="Guards may run slower", category=RuntimeWarning)
     model, x = workload["model"], workload["input"]
     compiled_model = torch.compile(model, dynamic=False)
     try:
