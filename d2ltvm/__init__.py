@@ -1889,23 +1889,37 @@ def benchmark_table(workload, seconds, baseline="torch"):
             for method, s in seconds.items()]
 
 
-def benchmark(workload, methods, baseline="torch", rounds=3, **timing):
-    """Time the zero-argument callables of METHODS ({name: function}) in ROUNDS interleaved
-    rounds; return benchmark_table rows of the medians over rounds."""
-    if rounds < 1:
-        raise ValueError(f"benchmark needs at least one round, got {rounds}")
-    per_round = {name: [] for name in methods}
-    for _ in range(rounds):  # every round times every method: a slow stretch hits them all
-        for name, function in methods.items():
-            per_round[name].append(median_seconds(function, **timing))
-    medians = {name: statistics.median(s) for name, s in per_round.items()}
-    return benchmark_table(workload, medians, baseline)
-
-
 def ratio_lines(rows, baseline="torch"):
     """Format rows as lines 'WORKLOAD METHOD/BASELINE RATIO' (below 1: faster than baseline)."""
     return [f"{r['workload']} {r['method']}/{baseline} {r['ratio']:.2f}"
             for r in rows if r["method"] != baseline]
+
+# ----------------------------------------------------------------------
+# Defined in chapters/appendix/measuring.ipynb
+import random
+
+
+def benchmark(workload, methods, baseline="torch", rounds=3, seed=0, **timing):
+    """Time the zero-argument callables of METHODS ({name: function}) in ROUNDS rounds, each in
+    a shuffled order; return benchmark_table rows of the medians over rounds, with each method's
+    spread over the rounds (ms_min, ms_max, and ratio_min, ratio_max to the same round's
+    baseline)."""
+    if rounds < 1:
+        raise ValueError(f"benchmark needs at least one round, got {rounds}")
+    order, shuffle = list(methods), random.Random(seed).shuffle
+    per_round = {name: [] for name in methods}
+    for _ in range(rounds):  # every round times every method: a slow stretch hits them all
+        shuffle(order)  # and no method always runs right after the same other one
+        for name in order:
+            per_round[name].append(median_seconds(methods[name], **timing))
+    rows = benchmark_table(workload, {n: statistics.median(s) for n, s in per_round.items()},
+                           baseline)
+    for row in rows:
+        seconds = per_round[row["method"]]
+        ratios = [s / b for s, b in zip(seconds, per_round[baseline])]
+        row.update(ms_min=min(seconds) * 1e3, ms_max=max(seconds) * 1e3,
+                   ratio_min=min(ratios), ratio_max=max(ratios))
+    return rows
 
 # ----------------------------------------------------------------------
 # Defined in chapters/appendix/measuring.ipynb
@@ -2136,6 +2150,156 @@ def dispatch_to_onednn(mod):
 
 # ----------------------------------------------------------------------
 # Defined in chapters/appendix/measuring.ipynb
+def torch_fused_conv2d_kernel(strides, padding, dilation, groups, unary="none", add=False):
+    """Register and name conv2d(data NHWC, [other NHWC,] packed weight, bias) -> a new NHWC
+    tensor, by oneDNN, with the bias, the addition of OTHER (if ADD) and UNARY fused in."""
+    strides, padding, dilation, groups, suffix = _conv2d_attributes(strides, padding, dilation,
+                                                                    groups)
+
+    def conv2d(data, packed, bias):
+        import torch
+        nchw = torch.from_dlpack(data).permute(0, 3, 1, 2)  # channels-last views: no copies
+        result = torch.ops.mkldnn._convolution_pointwise(
+            nchw, packed.tensor, torch.from_dlpack(bias), padding, strides, dilation, groups,
+            unary, [], "")
+        return result.permute(0, 2, 3, 1).contiguous()
+
+    def conv2d_add(data, other, packed, bias):
+        import torch
+        nchw = torch.from_dlpack(data).permute(0, 3, 1, 2)
+        other = torch.from_dlpack(other).permute(0, 3, 1, 2)
+        result = torch.ops.mkldnn._convolution_pointwise.binary(
+            nchw, other, packed.tensor, torch.from_dlpack(bias), padding, strides, dilation,
+            groups, "add", None, None if unary == "none" else unary, [], "")
+        return result.permute(0, 2, 3, 1).contiguous()
+
+    if unary not in ("none", "relu"):
+        raise ValueError(f"torch_fused_conv2d_kernel fuses a ReLU or nothing, not {unary!r}")
+    post_ops = ("_add" if add else "") + ("_relu" if unary == "relu" else "")
+    name = f"d2ltvm.torch_fused_conv2d{post_ops}.{suffix}"
+    return register_torch_kernel(name, conv2d_add if add else conv2d)
+
+# ----------------------------------------------------------------------
+# Defined in chapters/appendix/measuring.ipynb
+import re
+
+_ONEDNN_KERNEL = re.compile(r"d2ltvm\.torch_(packed|fused)_conv2d(_add)?(_relu)?"
+                            r"\.s(\d+)x(\d+)\.p(\d+)x(\d+)\.d(\d+)x(\d+)\.g(\d+)")
+
+
+def onednn_conv2d_call(value):
+    """(kind, attributes, unary, arguments) of a oneDNN conv2d kernel call, else None."""
+    from tvm import relax
+    if not (isinstance(value, relax.Call) and value.op.same_as(tvm.ir.Op.get(
+            "relax.call_pure_packed")) and isinstance(value.args[0], relax.ExternFunc)):
+        return None
+    match = _ONEDNN_KERNEL.fullmatch(value.args[0].global_symbol)
+    if match is None:
+        return None
+    v = [int(g) for g in match.groups()[3:]]
+    attributes = ((v[0], v[1]), (v[2], v[3]), (v[4], v[5]), v[6])
+    kind = match.group(1) + (match.group(2) or "")  # packed, fused or fused_add
+    return kind, attributes, "relu" if match.group(3) else "none", list(value.args[1:])
+
+# ----------------------------------------------------------------------
+# Defined in chapters/appendix/measuring.ipynb
+def variable_uses(mod):
+    """{variable: how often it is used} over the Relax functions of MOD."""
+    from tvm import relax
+    uses = {}
+
+    def count(expr):
+        if isinstance(expr, relax.Var):
+            uses[expr] = uses.get(expr, 0) + 1
+
+    def visit(expr):
+        for operand in (expr.args if isinstance(expr, relax.Call) else
+                        expr.fields if isinstance(expr, relax.Tuple) else
+                        [expr.body] if isinstance(expr, relax.SeqExpr) else
+                        [expr.tuple_value] if isinstance(expr, relax.TupleGetItem) else []):
+            count(operand)
+
+    for func in mod.functions.values():
+        if isinstance(func, relax.Function):
+            relax.analysis.post_order_visit(func, visit)
+    return uses
+
+
+def static_shape(expr):
+    """The shape of a Relax tensor expression as a list of ints, or None if not all known."""
+    shape = getattr(expr.ty, "shape", None)
+    if shape is None or not all(isinstance(v, tvm.tirx.IntImm) for v in shape):
+        return None
+    return [int(v) for v in shape]
+
+# ----------------------------------------------------------------------
+# Defined in chapters/appendix/measuring.ipynb
+def fuse_onednn_post_ops(mod):
+    """Return a copy of MOD (made by dispatch_to_onednn) where the bias, a residual addition and
+    a ReLU after each oneDNN convolution are computed inside it, as oneDNN post-ops."""
+    from tvm import relax
+    add_op, relu_op = tvm.ir.Op.get("relax.add"), tvm.ir.Op.get("relax.nn.relu")
+    uses = variable_uses(mod)  # a result used elsewhere too must stay as it is
+
+    @relax.expr_functor.mutator
+    class PostOpFuser(relax.PyExprMutator):
+        def producer(self, expr):  # the oneDNN call whose result EXPR is, if only used here
+            if not isinstance(expr, relax.Var) or uses.get(expr) != 1:
+                return None
+            return onednn_conv2d_call(self.lookup_binding(expr))
+
+        def visit_call_(self, call):
+            call = self.visit_expr_post_order(call)
+            shape = static_shape(call) if call.op.same_as(add_op) else None
+            for conv, other in ((call.args, call.args[::-1]) if shape else ()):
+                kind, attributes, unary, args = self.producer(conv) or (None,) * 4
+                if kind == "packed" and static_shape(other) == [1, 1, 1, shape[3]]:  # a bias
+                    bias = self.builder_.emit(relax.op.reshape(other, [shape[3]]))
+                    return relax.call_pure_packed(torch_fused_conv2d_kernel(*attributes),
+                                                  *args, bias, ty_args=call.ty)
+                if kind == "fused" and unary == "none" and static_shape(other) == shape:
+                    data, packed, bias = args  # a residual addition
+                    return relax.call_pure_packed(
+                        torch_fused_conv2d_kernel(*attributes, add=True), data, other, packed,
+                        bias, ty_args=call.ty)
+            if call.op.same_as(relu_op):
+                kind, attributes, unary, args = self.producer(call.args[0]) or (None,) * 4
+                if kind in ("fused", "fused_add") and unary == "none":
+                    name = torch_fused_conv2d_kernel(*attributes, "relu", kind == "fused_add")
+                    return relax.call_pure_packed(name, *args, ty_args=call.ty)
+            return call
+
+    fused = rewrite_relax_functions(mod, PostOpFuser)
+    return relax.transform.DeadCodeElimination()(fused)  # the unfused calls are left unused
+
+# ----------------------------------------------------------------------
+# Defined in chapters/appendix/measuring.ipynb
+def profile_vm_calls(compiled, data, runs=10):
+    """Time every call the Relax VM makes while COMPILED (a CompiledModel) runs on DATA (a TVM
+    tensor): {callee: (calls per run, seconds per run)}, slowest first, from the VM's
+    instrument hook."""
+    totals, started = {}, {}
+
+    def instrument(func, symbol, before_run, ret_value, *args):
+        if before_run:
+            started[symbol] = time.perf_counter()
+        else:
+            calls, seconds = totals.get(symbol, (0, 0.0))
+            totals[symbol] = (calls + 1, seconds + time.perf_counter() - started.pop(symbol))
+        return 0  # VMInstrumentReturnKind.NO_OP: run the call as usual
+
+    compiled.run(data)  # warm up without the hook
+    compiled.vm.set_instrument(instrument)
+    try:
+        for _ in range(runs):
+            compiled.run(data)
+    finally:
+        compiled.vm.set_instrument(lambda *args: 0)
+    per_run = {s: (n // runs, seconds / runs) for s, (n, seconds) in totals.items()}
+    return dict(sorted(per_run.items(), key=lambda item: -item[1][1]))
+
+# ----------------------------------------------------------------------
+# Defined in chapters/appendix/measuring.ipynb
 import json
 
 
@@ -2243,8 +2407,9 @@ def compact_tuning_database(work_dir, out_dir):
 
 # ----------------------------------------------------------------------
 # Defined in chapters/appendix/measuring.ipynb
-def compile_with_torch(workload):
-    """torch.compile the workload's model for its input shape; return it, or None on failure."""
+def compile_with_torch(workload, freezing=True):
+    """torch.compile the workload's model for its input shape, for inference (FREEZING: weights
+    as constants, so that Inductor folds and prepacks them); return it, or None on failure."""
     import logging
     import warnings
 
@@ -2256,8 +2421,8 @@ def compile_with_torch(workload):
     warnings.filterwarnings("ignore", message="Guards may run slower", category=RuntimeWarning)
     model, x = workload["model"], workload["input"]
     compiled_model = torch.compile(model, dynamic=False)
-    try:
-        with torch.no_grad():
+    try:  # the first call compiles: under no_grad, and with freezing if asked for
+        with torch.no_grad(), torch._inductor.config.patch(freezing=freezing):
             np.testing.assert_allclose(compiled_model(x).numpy(), model(x).numpy(),
                                        rtol=1e-4, atol=1e-4)
     except (RuntimeError, OSError) as err:  # e.g. no C++ compiler: inductor raises RuntimeError
@@ -2265,3 +2430,199 @@ def compile_with_torch(workload):
         return None
     print(f"{workload['label']}: torch.compile matches PyTorch eager within 1e-4")
     return compiled_model
+
+# ----------------------------------------------------------------------
+# Defined in chapters/appendix/measuring.ipynb
+def export_onnx(workload, folder=None):
+    """Export the workload's torch model to ONNX (opset 17, its input shape); return the path."""
+    import torch
+    folder = pathlib.Path(folder or cache_dir() / "onnx")
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / (workload["label"].replace(" ", "_") + ".onnx")
+    with warnings.catch_warnings():  # the TorchScript-based exporter announces its deprecation
+        warnings.simplefilter("ignore")
+        torch.onnx.export(workload["model"], (workload["input"],), str(path), dynamo=False,
+                          opset_version=17, input_names=["input"], output_names=["output"])
+    return path
+
+
+def onnxruntime_model(onnx_path, threads):
+    """An ONNX Runtime session (CPU provider, THREADS threads): a function numpy -> numpy."""
+    import onnxruntime as ort
+    options = ort.SessionOptions()
+    options.intra_op_num_threads, options.inter_op_num_threads = threads, 1
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    session = ort.InferenceSession(str(onnx_path), options, providers=["CPUExecutionProvider"])
+    return lambda x: session.run(None, {"input": x})[0]
+
+
+def openvino_model(onnx_path, threads):
+    """An OpenVINO model compiled for the CPU (latency hint, float32, THREADS threads): a
+    function numpy -> numpy."""
+    import openvino as ov
+    compiled = ov.Core().compile_model(str(onnx_path), "CPU", {
+        "INFERENCE_NUM_THREADS": threads, "PERFORMANCE_HINT": "LATENCY",
+        "INFERENCE_PRECISION_HINT": "f32"})
+    request = compiled.create_infer_request()
+
+    def run(x):
+        request.infer({0: x}, share_inputs=True)
+        return request.get_output_tensor(0).data
+    return run
+
+# ----------------------------------------------------------------------
+# Defined in chapters/appendix/measuring.ipynb
+def deployment_runtimes(workload, threads):
+    """ONNX Runtime and OpenVINO running the workload's model, each checked against PyTorch:
+    {name: function numpy -> numpy}. A runtime that is not installed is left out, with a notice."""
+    import importlib.util
+
+    import torch
+    with torch.no_grad():
+        expected = workload["model"](workload["input"]).numpy()
+    x = workload["input"].numpy()
+    onnx_path = export_onnx(workload)
+    runtimes = {}
+    for name, make in (("onnxruntime", onnxruntime_model), ("openvino", openvino_model)):
+        if importlib.util.find_spec(name) is None:
+            print(f"notice: {name} is not installed: left out (pip install -r requirements.txt)")
+            continue
+        runtimes[name] = make(onnx_path, threads)
+        np.testing.assert_allclose(runtimes[name](x), expected, rtol=1e-4, atol=1e-4)
+    return runtimes
+
+
+def torch_channels_last(workload):
+    """The workload's model and input in channels-last (NHWC) memory order, checked against
+    PyTorch: a zero-argument function, or None for a model without 4-D input."""
+    import copy
+
+    import torch
+    model, x = workload["model"], workload["input"]
+    if x.dim() != 4:
+        return None
+    model_cl = copy.deepcopy(model).to(memory_format=torch.channels_last)
+    x_cl = x.contiguous(memory_format=torch.channels_last)
+    with torch.no_grad():
+        np.testing.assert_allclose(model_cl(x_cl).numpy(), model(x).numpy(),
+                                   rtol=1e-4, atol=1e-4)
+    return lambda: model_cl(x_cl)
+
+# ----------------------------------------------------------------------
+# Defined in chapters/appendix/measuring.ipynb
+FMA_UNITS = 2  # vector FMA pipes per core: 2 on x86-64 CPUs since Haswell and Zen 2
+
+
+def clock_ghz():
+    """The CPU clock the operating system reports (the highest where it knows one), in GHz."""
+    import psutil
+    try:
+        freq = psutil.cpu_freq()
+    except (NotImplementedError, OSError, RuntimeError):
+        freq = None
+    if freq is None or not (freq.max or freq.current):
+        return None
+    return (freq.max or freq.current) / 1000
+
+
+def peak_gflops(target=None, cores=None):
+    """Estimated float32 peak in GFLOP/s: {cores, fma_units, lanes, ghz, gflops} (gflops None
+    where the clock is unknown); cores x FMA units x vector lanes x 2 FLOP x clock."""
+    target = target or host_target()
+    cores = cores or int(target.attrs.get("num-cores", usable_cores()))
+    lanes = VECTOR_BITS[isa_class(target)] // 32
+    ghz = clock_ghz()
+    gflops = cores * FMA_UNITS * lanes * 2 * ghz if ghz else None
+    return {"cores": cores, "fma_units": FMA_UNITS, "lanes": lanes, "ghz": ghz, "gflops": gflops}
+
+# ----------------------------------------------------------------------
+# Defined in chapters/appendix/measuring.ipynb
+def count_flops(workload):
+    """FLOPs of one run of the workload's model: 2 per multiply-add of its convolutions and
+    matrix products (torch's FlopCounterMode), the rest left out."""
+    import torch
+    from torch.utils.flop_counter import FlopCounterMode
+    with FlopCounterMode(display=False) as counter, torch.no_grad():
+        workload["model"](workload["input"])
+    return counter.get_total_flops()
+
+
+def model_bytes(workload):
+    """The least memory one run must touch: weights, input and output, in bytes (float32)."""
+    import torch
+    model, x = workload["model"], workload["input"]
+    with torch.no_grad():
+        out = model(x)
+    weights = sum(t.numel() for t in [*model.parameters(), *model.buffers()]
+                  if t.is_floating_point())
+    return 4 * (weights + x.numel() + out.numel())
+
+
+def memory_bandwidth_gbs(megabytes=256, repeats=5):
+    """Bytes read and written per second by a large numpy copy (one thread), in GB/s."""
+    source = np.ones(megabytes * 2**20 // 4, dtype=np.float32)
+    target = np.empty_like(source)
+    seconds = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        np.copyto(target, source)
+        seconds.append(time.perf_counter() - start)
+    return 2 * source.nbytes / min(seconds) / 1e9
+
+# ----------------------------------------------------------------------
+# Defined in chapters/appendix/measuring.ipynb
+CALL_OVERHEAD_SECONDS = 1e-5  # a workload whose arithmetic at peak takes less measures calls
+
+
+def add_throughput(rows, flops, peak):
+    """Add gflops (achieved GFLOP/s) and peak_share to benchmark rows; FLOPS is {workload:
+    FLOPs}, PEAK the peak_gflops() estimate. Return the rows."""
+    for row in rows:
+        row["gflops"] = flops[row["workload"]] / (row["ms"] * 1e6)
+        row["peak_share"] = row["gflops"] / peak["gflops"] if peak["gflops"] else None
+    return rows
+
+
+def throughput_lines(rows, flops, peak):
+    """Lines 'WORKLOAD METHOD MS [MIN-MAX] GFLOP/s SHARE-OF-PEAK', with a note on workloads
+    whose arithmetic is too small to measure anything but call overhead."""
+    lines = []
+    for r in rows:
+        share = f"{r['peak_share']:6.1%} of peak" if r["peak_share"] is not None else ""
+        line = (f"{r['workload']:16} {r['method']:24} {r['ms']:9.3f} ms "
+                f"[{r['ms_min']:.3f}-{r['ms_max']:.3f}] {r['gflops']:7.1f} GFLOP/s {share}")
+        if peak["gflops"] and flops[r["workload"]] / (peak["gflops"] * 1e9) \
+                < CALL_OVERHEAD_SECONDS:
+            line += " (call overhead)"
+        lines.append(line.rstrip())
+    return lines
+
+# ----------------------------------------------------------------------
+# Defined in chapters/appendix/measuring.ipynb
+def plot_roofline(rows, flops, nbytes, peak, bandwidth_gbs):
+    """Roofline chart: each row's GFLOP/s against its workload's FLOPs per byte of weights,
+    input and output (log-log), under the peak and the memory-bandwidth line. Return the axes."""
+    import matplotlib.pyplot as plt
+    intensity = {w: flops[w] / nbytes[w] for w in flops}
+    methods = list(dict.fromkeys(r["method"] for r in rows))
+    colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    _, ax = plt.subplots(figsize=(8, 4.5))
+    xs = np.geomspace(min(intensity.values()) / 3, max(intensity.values()) * 3, 200)
+    roof = bandwidth_gbs * xs if not peak["gflops"] else np.minimum(peak["gflops"],
+                                                                    bandwidth_gbs * xs)
+    ax.plot(xs, roof, color="black", linewidth=1.2, label="roof: peak, bandwidth x FLOP/byte")
+    for i, method in enumerate(methods):
+        points = [(intensity[r["workload"]], r["gflops"]) for r in rows if r["method"] == method]
+        ax.scatter(*zip(*points), label=method, color=colors[i % len(colors)],
+                   marker="o^sDvP*Xh"[i % 9], s=28, zorder=3)
+    for workload, x in intensity.items():  # name each column of points at the bottom
+        ax.annotate(workload, (x, 0), xycoords=("data", "axes fraction"), xytext=(0, 4),
+                    textcoords="offset points", rotation=90, fontsize=7.5, ha="center",
+                    va="bottom", color="gray")
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    ax.set_ylim(bottom=min(r["gflops"] for r in rows) / 8)  # room for the names below
+    ax.set_xlabel("FLOPs per byte of weights, input and output (log)")
+    ax.set_ylabel("achieved GFLOP/s (log)")
+    ax.legend(fontsize="small", loc="center left", bbox_to_anchor=(1.02, 0.5))
+    return ax

@@ -173,27 +173,38 @@ def test_set_tvm_threads_sizes_the_pool_once(threads):
 
 
 def test_benchmark_script_prints_one_ratio_line_per_workload_and_method():
-    # the script runs and checks its variants against torch; the ratios' values are not tested
+    # the script runs and checks its variants and baselines against torch; the ratios' values are
+    # not tested (torch.compile is left out here: compiling takes a minute)
     import subprocess
     import sys
-    # (the MLP has no convolution, so it gets no tvm-dispatch-prepacked line)
+    # (the MLP has no convolution, so it gets no tvm-dispatch-prepacked or channels-last line)
     import torch
     result = subprocess.run([sys.executable, str(ROOT / "tools" / "benchmark.py"), "--models", "mlp",
-                             "cnn", "--methods", "tvm-dispatch", "tvm-dispatch-prepacked", "tvm-tuned",
+                             "cnn", "--methods", "tvm-dispatch", "tvm-dispatch-prepacked", "tvm-dispatch-fused",
+                             "tvm-tuned", "--baselines", "torch-channels-last", "onnxruntime", "openvino",
                              "--repeats", "3", "--rounds", "1"],
                             capture_output=True, text=True, check=True)
     lines = [line for line in result.stdout.splitlines() if "/torch " in line]
     # tvm-tuned where a database fits this machine's class, prepacked where PyTorch has oneDNN
     tuned = {m: d2ltvm.shipped_tuning_database(m) is not None for m in ("mlp", "cnn")}
     onednn = torch.backends.mkldnn.is_available()
-    expected = [f"{model} batch{b} tvm-{m}/torch" for model in ("mlp", "cnn") for b in (1, 64)
-                for m in ("dispatch", "dispatch-prepacked", "tuned")
-                if (m != "tuned" or tuned[model]) and (m != "dispatch-prepacked" or
-                                                       (model == "cnn" and onednn))]
+    methods = ("torch-channels-last", "onnxruntime", "openvino", "tvm-dispatch",
+               "tvm-dispatch-prepacked", "tvm-dispatch-fused", "tvm-tuned")
+    expected = [f"{model} batch{b} {m}/torch" for model in ("mlp", "cnn") for b in (1, 64)
+                for m in methods
+                if (m != "tvm-tuned" or tuned[model]) and (m != "torch-channels-last" or model == "cnn")
+                and (m not in ("tvm-dispatch-prepacked", "tvm-dispatch-fused") or (model == "cnn" and onednn))]
     assert [line.rsplit(" ", 1)[0] for line in lines] == expected
     for model in ("mlp", "cnn"):
         assert tuned[model] or f"no shipped {model} database" in result.stderr
     assert all(re.fullmatch(r"\d+\.\d\d", line.rsplit(" ", 1)[1]) for line in lines)
+    # then one throughput line per workload and method, PyTorch eager included
+    rates = [line for line in result.stdout.splitlines() if "GFLOP/s" in line and " ms [" in line]
+    assert len(rates) == len(lines) + 4
+    assert all(re.search(r"\d+\.\d{3} ms \[\d+\.\d{3}-\d+\.\d{3}\] +\d+\.\d GFLOP/s", r) for r in rates)
+    if d2ltvm.peak_gflops()["gflops"]:  # 0.2 MFLOP: a few microseconds on any CPU
+        assert all(r.endswith("(call overhead)") == r.startswith("mlp batch1 ") for r in rates
+                   if r.startswith("mlp"))
 
 
 def test_set_tvm_threads_rejects_zero():
@@ -530,3 +541,149 @@ def test_incomplete_database_folder_is_reported(tmp_path):
         f.write(b"")
     with pytest.raises(FileNotFoundError, match="tools/tune_resnet18.py --model cnn"):
         d2ltvm.tuning_database_folder(tmp_path, model="cnn")
+
+
+def test_benchmark_shuffles_the_order_and_keeps_the_spread():
+    order = []
+    methods = {name: (lambda n: lambda: order.append(n))(name) for name in "abcdef"}
+    rows = d2ltvm.benchmark("w", {"torch": lambda: None, **methods}, rounds=3, repeats=3,
+                            warmup=1, max_number=1)
+    assert len(order) == 3 * 6 * 4  # per round and method: one warm-up call, three samples
+    sequence = "".join(order[::4])
+    rounds = {sequence[k:k + 6] for k in range(0, 18, 6)}
+    assert all(sorted(r) == list("abcdef") for r in rounds)
+    assert len(rounds) > 1, "the same order in every round"
+    for r in rows:
+        assert r["ms_min"] <= r["ms"] <= r["ms_max"] and r["ratio_min"] <= r["ratio_max"]
+
+
+def test_throughput_lines_rate_each_row_and_flag_call_overhead():
+    table = d2ltvm.benchmark_table
+    rows = table("tiny", {"torch": 1e-3, "x": 5e-4}) + table("big", {"torch": 2.0})
+    for r in rows:
+        r.update(ms_min=r["ms"], ms_max=r["ms"])
+    flops = {"tiny": 1e5, "big": 2e12}
+    peak = {"gflops": 100.0}
+    d2ltvm.add_throughput(rows, flops, peak)
+    assert [round(r["gflops"], 3) for r in rows] == [0.1, 0.2, 1000.0]
+    assert rows[2]["peak_share"] == pytest.approx(10.0)
+    lines = d2ltvm.throughput_lines(rows, flops, peak)
+    assert [line.endswith("(call overhead)") for line in lines] == [True, True, False]
+    assert "0.2 GFLOP/s" in lines[1] and "of peak" in lines[1]
+    unknown = d2ltvm.throughput_lines(d2ltvm.add_throughput(rows, flops, {"gflops": None}),
+                                      flops, {"gflops": None})
+    assert not any("peak" in line or "overhead" in line for line in unknown)
+
+
+def test_count_flops_counts_multiply_adds_twice():
+    import torch
+    w = {"model": torch.nn.Sequential(torch.nn.Linear(8, 4), torch.nn.ReLU()).eval(),
+         "input": torch.ones(3, 8)}
+    assert d2ltvm.count_flops(w) == 2 * 3 * 8 * 4
+    assert d2ltvm.model_bytes(w) == 4 * (8 * 4 + 4 + 3 * 8 + 3 * 4)
+
+
+def test_peak_estimate_and_an_unknown_clock(monkeypatch):
+    target = d2ltvm.tvm.target.Target({"kind": "llvm", "mcpu": "znver3", "num-cores": 2})
+    monkeypatch.setattr(d2ltvm, "clock_ghz", lambda: 2.5)
+    assert d2ltvm.peak_gflops(target) == {"cores": 2, "fma_units": 2, "lanes": 8, "ghz": 2.5,
+                                          "gflops": 2 * 2 * 8 * 2 * 2.5}
+    monkeypatch.setattr(d2ltvm, "clock_ghz", lambda: None)
+    assert d2ltvm.peak_gflops(target)["gflops"] is None
+    assert d2ltvm.memory_bandwidth_gbs(megabytes=8, repeats=2) > 0
+
+
+def test_deployment_runtimes_match_torch_and_channels_last(tmp_path, monkeypatch):
+    import torch
+    monkeypatch.setenv("D2LTVM_CACHE", str(tmp_path))
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Conv2d(2, 4, 3), torch.nn.ReLU(), torch.nn.Flatten(),
+                                torch.nn.Linear(4 * 6 * 6, 5)).eval()
+    w = {"label": "tiny batch2", "model": model, "input": torch.rand(2, 2, 8, 8)}
+    runtimes = d2ltvm.deployment_runtimes(w, threads=1)
+    assert sorted(runtimes) == ["onnxruntime", "openvino"]
+    expected = model(w["input"]).detach().numpy()
+    for run in runtimes.values():
+        np.testing.assert_allclose(run(w["input"].numpy()), expected, **TOLERANCE)
+    assert d2ltvm.torch_channels_last(w)().shape == (2, 5)
+    assert d2ltvm.torch_channels_last({**w, "input": torch.rand(2, 3)}) is None
+
+
+def test_plot_roofline_draws_a_point_per_row():
+    import matplotlib
+    matplotlib.use("Agg")
+    rows = [{"workload": "a", "method": "torch", "gflops": 1.0},
+            {"workload": "a", "method": "x", "gflops": 2.0},
+            {"workload": "b", "method": "torch", "gflops": 50.0}]
+    ax = d2ltvm.plot_roofline(rows, {"a": 1e6, "b": 1e9}, {"a": 1e6, "b": 1e7},
+                              {"gflops": 100.0}, 20.0)
+    points = sorted(tuple(p) for c in ax.collections for p in c.get_offsets())
+    assert points == [(1.0, 1.0), (1.0, 2.0), (100.0, 50.0)]
+    roof = ax.lines[0].get_ydata()
+    assert roof.max() == 100.0 and roof.min() < 20.0
+
+
+@needs_onednn
+def test_onednn_post_ops_fuse_bias_residual_and_relu(resnet, resnet_reference):
+    folded_mod, folded_weights = d2ltvm.torch_to_relax(d2ltvm.fold_batchnorm(resnet["model"]),
+                                                       resnet["input"])
+    fused_mod = d2ltvm.fuse_onednn_post_ops(d2ltvm.dispatch_to_onednn(folded_mod))
+    names = re.findall(r'"d2ltvm\.(\w+)\.s', fused_mod["main"].script())
+    # 20 convolutions: 9 with a ReLU, 8 with the residual addition and a ReLU, 3 downsampling
+    assert {n: names.count(n) for n in set(names)} == {"torch_pack_conv2d": 20,
+        "torch_fused_conv2d_relu": 9, "torch_fused_conv2d_add_relu": 8, "torch_fused_conv2d": 3}
+    assert d2ltvm.count_relax_ops(fused_mod, "relax.nn.relu") == 0
+    assert d2ltvm.count_relax_ops(fused_mod, "relax.add") == 1  # the classifier's bias
+    compiled = d2ltvm.compile_relax(fused_mod, folded_weights, pipeline=d2ltvm.dispatch_pipeline())
+    np.testing.assert_allclose(compiled(resnet["input"].numpy()), resnet_reference, **TOLERANCE)
+
+
+@needs_onednn
+def test_onednn_post_ops_leave_what_they_cannot_fuse():
+    import torch
+    torch.manual_seed(0)
+
+    class Block(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.a, self.b = torch.nn.Conv2d(3, 4, 3, padding=1), torch.nn.Conv2d(4, 4, 1, bias=False)
+
+        def forward(self, x):  # a bias-free convolution, a sigmoid and a residual before it
+            y = self.a(x)
+            return torch.sigmoid(self.b(y) + y), torch.relu(y * 2)
+
+    model, x = Block().eval(), torch.rand(1, 3, 6, 6)
+    mod, weights = d2ltvm.torch_to_relax(model, x)
+    fused_mod = d2ltvm.fuse_onednn_post_ops(d2ltvm.dispatch_to_onednn(mod))
+    names = re.findall(r'"d2ltvm\.(\w+)\.s', fused_mod["main"].script())
+    # the first convolution takes its bias; the second has none, so its addition stays in TVM
+    assert sorted(names) == ["torch_fused_conv2d", "torch_pack_conv2d", "torch_pack_conv2d",
+                             "torch_packed_conv2d"]
+    assert d2ltvm.count_relax_ops(fused_mod, "relax.nn.relu") == 1
+    compiled = d2ltvm.compile_relax(fused_mod, weights, pipeline=d2ltvm.dispatch_pipeline())
+    vm_out = compiled.vm["main"](tvm_tensor(x), *compiled.weights)
+    with torch.no_grad():
+        expected = model(x)
+    for got, want in zip(vm_out, expected):
+        np.testing.assert_allclose(got.numpy(), want.numpy(), **TOLERANCE)
+    with pytest.raises(ValueError, match="fuses a ReLU or nothing, not 'gelu'"):
+        d2ltvm.torch_fused_conv2d_kernel((1, 1), (0, 0), (1, 1), 1, unary="gelu")
+
+
+def tvm_tensor(x):
+    return d2ltvm.tvm.runtime.tensor(x.numpy())
+
+
+def test_profile_vm_calls_counts_each_callee_per_run():
+    import torch
+    model = torch.nn.Sequential(torch.nn.Linear(6, 4), torch.nn.ReLU(), torch.nn.Linear(4, 2)).eval()
+    x = torch.rand(1, 6)
+    mod, weights = d2ltvm.torch_to_relax(model, x)
+    compiled = d2ltvm.compile_relax(mod, weights)
+    profile = d2ltvm.profile_vm_calls(compiled, tvm_tensor(x), runs=4)
+    kernels = {c: n for c, (n, _) in profile.items() if not c.startswith("vm.builtin")}
+    assert sum(kernels.values()) >= 2 and all(n >= 1 for n in kernels.values()), profile
+    assert all(seconds > 0 for _, seconds in profile.values())
+    assert list(profile) == sorted(profile, key=lambda c: -profile[c][1])  # slowest first
+    before = compiled(x.numpy())  # the hook is gone: the model still runs, and runs the same
+    np.testing.assert_allclose(before, model(x).detach().numpy(), **TOLERANCE)

@@ -2,15 +2,21 @@
 
 Usage (from the repository root):
 
-    python tools/benchmark.py                  # ResNet-18 batch 1; the MLP and the CNN, batch 1, 64
-    python tools/benchmark.py --torch-compile  # add torch.compile (its first call compiles the model)
+    python tools/benchmark.py                       # ResNet-18 batch 1; MLP and CNN, batch 1, 64
+    python tools/benchmark.py --baselines onnxruntime  # fewer baselines (default: all four)
     python tools/benchmark.py --models resnet18 --methods tvm-tuned --tvm-threads 1
 
-Prints one line per workload and method with its time relative to PyTorch eager, in the form
-`resnet18 batch1 tvm-tuned/torch RATIO` (below 1: faster than PyTorch; the ratios this machine
-measures are in chapters/performance/performance.ipynb). The ratios are medians of many calls
-after warm-up; on a busy machine, run it twice. TVM runs with as many threads as
-PyTorch (--tvm-threads changes that, to show what the thread count is worth).
+Times, per workload, PyTorch eager and the baselines a practitioner would deploy with
+(--baselines: eager with channels-last memory, torch.compile with freezing, ONNX Runtime and
+OpenVINO, each checked against PyTorch eager first) next to the TVM routes (--methods), in one
+process, on the same input, in rounds whose order is shuffled. Prints one line per workload and
+method with its time relative to PyTorch eager, in the form `resnet18 batch1 tvm-tuned/torch
+RATIO` (below 1: faster than PyTorch; the ratios this machine measures are in
+chapters/performance/performance.ipynb), then, for every method, its median time with the
+fastest and slowest round, its achieved GFLOP/s and its share of this machine's estimated
+peak. The ratios are medians over rounds of medians of many calls after warm-up; on a busy
+machine, run it twice. Every runtime gets as many threads as PyTorch (--tvm-threads changes
+TVM's, to show what the thread count is worth).
 
 Everything is compiled for d2ltvm.host_target() (this machine, or $D2LTVM_TARGET). tvm-tuned uses
 the database in data/tuning/ made for this machine's class of CPU (d2ltvm.isa_class); where the
@@ -23,16 +29,21 @@ import warnings
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-METHODS = ("tvm-untuned", "tvm-dispatch", "tvm-dispatch-bnfold", "tvm-dispatch-prepacked", "tvm-tuned")
+BASELINES = ("torch-channels-last", "torch-compile", "onnxruntime", "openvino")
+METHODS = ("tvm-untuned", "tvm-dispatch", "tvm-dispatch-bnfold", "tvm-dispatch-prepacked",
+           "tvm-dispatch-fused", "tvm-tuned")
+ONEDNN_METHODS = ("tvm-dispatch-prepacked", "tvm-dispatch-fused")  # for models with convolutions
 
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--torch-compile", action="store_true", help="also time torch.compile")
+    parser.add_argument("--baselines", nargs="*", choices=BASELINES, default=list(BASELINES),
+                        help="baselines besides PyTorch eager (torch-channels-last for the models "
+                             "with convolutions; torch.compile's first call compiles the model)")
     parser.add_argument("--models", nargs="+", choices=["resnet18", "mlp", "cnn"], default=["resnet18", "mlp", "cnn"])
     parser.add_argument("--methods", nargs="+", choices=METHODS, default=list(METHODS),
                         help="TVM variants to time (tvm-dispatch-bnfold exists for ResNet-18 only, "
-                             "tvm-dispatch-prepacked for the models with convolutions)")
+                             "tvm-dispatch-prepacked and -fused for the models with convolutions)")
     parser.add_argument("--tvm-threads", type=int, default=None,
                         help="threads of TVM's thread pool (default: as many as PyTorch uses)")
     parser.add_argument("--repeats", type=int, default=25, help="timed samples per method and round")
@@ -47,9 +58,13 @@ def main():
 
     d2ltvm.set_tvm_threads(args.tvm_threads or torch.get_num_threads())
     has_onednn = torch.backends.mkldnn.is_available()
-    if not has_onednn and "tvm-dispatch-prepacked" in args.methods:
-        print("notice: this PyTorch has no oneDNN: tvm-dispatch-prepacked left out", file=sys.stderr)
+    if not has_onednn and set(ONEDNN_METHODS) & set(args.methods):
+        print("notice: this PyTorch has no oneDNN: tvm-dispatch-prepacked and -fused left out",
+              file=sys.stderr)
     target = d2ltvm.host_target()
+    threads = torch.get_num_threads()
+    peak = d2ltvm.peak_gflops(target)
+    summary = []
     for name in args.models:
         database_dir = d2ltvm.shipped_tuning_database(name, target)
         if database_dir is None and "tvm-tuned" in args.methods:
@@ -69,27 +84,55 @@ def main():
                 "tvm-dispatch-prepacked": lambda: d2ltvm.compile_relax(
                     d2ltvm.dispatch_to_onednn(w["mod"]), w["weights"], target=target,
                     pipeline=d2ltvm.dispatch_pipeline()),
+                "tvm-dispatch-fused": lambda: d2ltvm.compile_relax(
+                    d2ltvm.fuse_onednn_post_ops(d2ltvm.dispatch_to_onednn(folded[0])), folded[1],
+                    target=target, pipeline=d2ltvm.dispatch_pipeline()),
                 "tvm-tuned": lambda: d2ltvm.compile_tuned(w["mod"], w["weights"], database_dir, target, name),
             }
             methods = [m for m in args.methods if (m != "tvm-dispatch-bnfold" or name == "resnet18")
-                       and (m != "tvm-dispatch-prepacked" or (name != "mlp" and has_onednn))
+                       and (m not in ONEDNN_METHODS or (name != "mlp" and has_onednn))
                        and (m != "tvm-tuned" or database_dir is not None)]
-            if "tvm-dispatch-bnfold" in methods:
-                folded = d2ltvm.torch_to_relax(d2ltvm.fold_batchnorm(model), x)
+            # ResNet-18 with its BatchNorms folded into the convolutions (the CNN has none)
+            folded = (d2ltvm.torch_to_relax(d2ltvm.fold_batchnorm(model), x) if name == "resnet18"
+                      else (w["mod"], w["weights"]))
             variants = {m: builders[m]() for m in methods}
             with torch.no_grad():
                 expected = model(x).numpy()
                 for label, compiled in variants.items():
                     d2ltvm.np.testing.assert_allclose(compiled(x.numpy()), expected, rtol=1e-4, atol=1e-4)
                 timed = {"torch": lambda: model(x)}
-                compiled_model = d2ltvm.compile_with_torch(w) if args.torch_compile else None
-                if compiled_model is not None:
-                    timed["torch-compile"] = lambda: compiled_model(x)
+                timed.update(baselines(w, args.baselines, threads))
                 for label, compiled in variants.items():
                     timed[label] = (lambda c: lambda: c.run(x_tvm))(compiled)
                 table = d2ltvm.benchmark(w["label"], timed, rounds=args.rounds, repeats=args.repeats,
                                         max_seconds=10)
             print("\n".join(d2ltvm.ratio_lines(table)), flush=True)
+            flops = {w["label"]: d2ltvm.count_flops(w)}
+            summary += d2ltvm.throughput_lines(d2ltvm.add_throughput(table, flops, peak), flops, peak)
+    print(f"\nmedian ms [fastest-slowest round], GFLOP/s, share of the estimated peak "
+          f"({peak['gflops'] or 0:.0f} GFLOP/s: {peak['cores']} cores x {peak['fma_units']} FMA x "
+          f"{peak['lanes']} lanes x 2 x {peak['ghz'] or 0:.2f} GHz)")
+    print("\n".join(summary))
+
+
+def baselines(workload, names, threads):
+    """The baselines NAMES of WORKLOAD that work here, as zero-argument functions (each checked
+    against PyTorch eager when it is made)."""
+    import d2ltvm
+    timed, x = {}, workload["input"].numpy()
+    if "torch-channels-last" in names:
+        channels_last = d2ltvm.torch_channels_last(workload)
+        if channels_last is not None:
+            timed["torch-channels-last"] = channels_last
+    if "torch-compile" in names:
+        compiled_model = d2ltvm.compile_with_torch(workload)
+        if compiled_model is not None:
+            timed["torch-compile"] = lambda: compiled_model(workload["input"])
+    runtimes = d2ltvm.deployment_runtimes(workload, threads) if {"onnxruntime", "openvino"} & set(names) else {}
+    for name, run in runtimes.items():
+        if name in names:
+            timed[name] = (lambda r: lambda: r(x))(run)
+    return timed
 
 
 if __name__ == "__main__":
