@@ -7,15 +7,20 @@ Usage (from the repository root):
     python tools/tune_resnet18.py --model cnn --trials 128 --trials-per-iter 8
 
 Each run tunes into a full work directory outside the repository (default
-d2ltvm.cache_dir()/tuning/<model>_<mcpu>, i.e. ~/.cache/d2ltvm/tuning/<model>_<mcpu>, or --work-dir),
-which keeps every measured candidate. Running the command again with the same work directory
+d2ltvm.cache_dir()/tuning/<model>_<mcpu>, i.e. ~/.cache/d2ltvm/tuning/<model>_<mcpu>, or
+--work-dir), which keeps every measured candidate. Running the command again with the same work directory
 RESUMES: the search starts from the best schedules already measured and adds new records, so the
-database grows across runs; stop it at any time (Ctrl-C) and run it with --trials 0 to ship what
-it has. After tuning, the best record of every workload is copied, gzipped, into
-data/tuning/<model>_<class>/ (under 200 KB for ResNet-18; <class> is the target's instruction-set class,
-d2ltvm.isa_class: x86-64-avx512, x86-64-avx2, x86-64 or aarch64), together with tuning_info.json
-(target, class, trials, tuning time, date, TVM version, accumulated over runs, and the tuning
-progress: the model latency the search had measured after every 50 trials).
+database grows across runs. Size each run (--trials) to the time you have: TVM 0.27 wrote the
+measured records into the work directory only when the search ended (seen here: none in the first
+50 minutes of a 52-minute run), so a run stopped early can lose its trials; --trials 0 ships what
+the work directory has. A work directory with no records yet (a new machine, a cleared cache) is
+first seeded with the database the book ships for the class, so the search goes on from the best
+schedules found so far and the shipped database can only improve. After tuning, the best record of
+every workload is copied, gzipped, into data/tuning/<model>_<class>/ (under 200 KB for ResNet-18;
+<class> is the target's instruction-set class, d2ltvm.isa_class: x86-64-avx512, x86-64-avx2, x86-64
+or aarch64), together with tuning_info.json (target, class, trials, tuning time, date, TVM version,
+accumulated over runs, and the tuning progress: the model latency the search had measured after
+every 50 trials).
 
 The database is tied to the target it was measured on: d2ltvm.host_target() (this machine's CPU
 and the cores this process may use, or $D2LTVM_TARGET), with --mcpu and --num-cores to change
@@ -58,6 +63,47 @@ def build_candidate(mod, target, _params):
     from tvm.s_tir.transform import RemoveWeightLayoutRewriteBlock
     mod = RemoveWeightLayoutRewriteBlock(skip_tensor_rewrite=True)(mod)
     return tvm_build(mod, target=target)
+
+
+def seed_work_dir(work_dir, out, model):
+    """Copy the shipped compact database in OUT into WORK_DIR when WORK_DIR has no records yet.
+
+    A search on a new machine then starts from the best schedules found so far, and compacting
+    its result cannot replace a shipped record by a worse one. Returns the number of records
+    copied (0 where WORK_DIR already has records or nothing is shipped).
+    """
+    import shutil
+    import d2ltvm
+    records = pathlib.Path(work_dir) / "database_tuning_record.json"
+    shipped = pathlib.Path(out) / "database_tuning_record.json.gz"
+    if (records.exists() and records.stat().st_size > 0) or not shipped.exists():
+        return 0
+    plain = d2ltvm.tuning_database_folder(out, model)
+    for name in d2ltvm.DATABASE_FILES:
+        shutil.copyfile(plain / name, pathlib.Path(work_dir) / name)
+    return sum(1 for line in open(records) if line.strip())
+
+
+def first_record(work_dir):
+    """The first line of WORK_DIR's records: it tells a seeded work directory from another."""
+    with open(pathlib.Path(work_dir) / "database_tuning_record.json") as records:
+        return records.readline().strip()
+
+
+def progress_across_runs(info, work_dir, tasks):
+    """The progress points of tuning_info.json INFO, with those of WORK_DIR recomputed.
+
+    A work directory seeded from the shipped database (info["seeded_work_dir"]) holds the seeded
+    records first: its points are shifted to count only the trials measured since, after the
+    runs that came before the seeding, whose points are kept.
+    """
+    points = tuning_progress(work_dir, tasks)
+    seed = info.get("seeded_work_dir")
+    if not seed or seed["first_record"] != first_record(work_dir):
+        return points  # the work directory holds the whole search
+    earlier = [p for p in info.get("progress", []) if p[0] <= seed["after_trials"]]
+    return earlier + [[seed["after_trials"] + n - seed["records"], ms]
+                      for n, ms in points if n > seed["records"]]
 
 
 def tuning_progress(work_dir, tasks, step=50):
@@ -125,6 +171,10 @@ def main():
     out = pathlib.Path(args.out or ROOT / "data" / "tuning" / f"{args.model}_{isa}")
     print(f"tuning {args.model} for {target} (class {isa})", flush=True)
     work_dir.mkdir(parents=True, exist_ok=True)
+    seeded = seed_work_dir(work_dir, out, args.model)
+    if seeded:
+        print(f"notice: {work_dir} had no records: the search starts from the {seeded} best "
+              f"records shipped in {out}", flush=True)
 
     def measured():  # records in the work directory: one per measured candidate
         path = work_dir / "database_tuning_record.json"
@@ -147,6 +197,9 @@ def main():
     n = d2ltvm.compact_tuning_database(work_dir, out)
     info_path = out / "tuning_info.json"
     info = json.loads(info_path.read_text()) if info_path.exists() else {"runs": []}
+    if seeded:  # the runs recorded so far came before the seeded records
+        info["seeded_work_dir"] = {"records": seeded, "first_record": first_record(work_dir),
+                                   "after_trials": sum(r["trials"] for r in info["runs"])}
     info.update({"model": args.model, "target": str(target), "isa_class": isa,
                  "tvm_version": tvm.__version__, "workloads": n})
     if args.trials > 0:
@@ -156,7 +209,7 @@ def main():
     elif args.note_run:
         info["runs"].append({"date": datetime.date.today().isoformat(), "trials": args.note_run[0],
                              "tuning_seconds": args.note_run[1]})
-    info["progress"] = tuning_progress(work_dir, all_tasks)
+    info["progress"] = progress_across_runs(info, work_dir, all_tasks)
     info["total_trials"] = sum(r["trials"] for r in info["runs"])
     info["total_tuning_seconds"] = sum(r["tuning_seconds"] for r in info["runs"])
     info_path.write_text(json.dumps(info, indent=1) + "\n")
