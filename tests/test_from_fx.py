@@ -162,8 +162,7 @@ def test_both_routes_fuse_into_the_same_three_kernels():
         mod = d2ltvm.from_fx(fx_module, [(2, 3, 4)], *STYLES[style]())
         with target:
             fused = relax.get_pipeline("zero")(mod)
-        names = sorted(gv.name_hint for gv, f in fused.functions.items()
-                       if isinstance(f, tvm.tirx.PrimFunc))
+        names = d2ltvm.tensorir_functions(fused)
         assert len(names) == 3 and sum(n.startswith("fused_") for n in names) == 2, (style, names)
 
 

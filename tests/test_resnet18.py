@@ -463,12 +463,6 @@ def compiled(relax_resnet18, tmp_path_factory):
             "weights": weights, "names": [v.name for v in mod["main"].params]}
 
 
-def tensorir_functions(module):
-    import tvm
-    return sorted(gv.name_hint for gv, f in module.functions.items()
-                  if isinstance(f, tvm.tirx.PrimFunc))
-
-
 def count_constants(module):
     import tvm
     from tvm import relax
@@ -484,8 +478,8 @@ def test_inference_pipeline_fuses_batch_norm_into_the_convolutions(relax_resnet1
     """The chapter's claim: decomposed batch norms (and the ReLUs after them) fuse: 28 -> 20."""
     from tvm import relax
     mod = relax_resnet18["mod"]
-    plain = tensorir_functions(relax.get_pipeline("zero")(mod))
-    ours = tensorir_functions(d2ltvm.inference_pipeline()(mod))
+    plain = d2ltvm.tensorir_functions(relax.get_pipeline("zero")(mod))
+    ours = d2ltvm.tensorir_functions(d2ltvm.inference_pipeline()(mod))
     assert (len(plain), len(ours)) == (28, 20)
     assert any("batch_norm" in k for k in plain) and not any("batch_norm" in k for k in ours)
     convolutions = [k for k in ours if "conv2d" in k]
