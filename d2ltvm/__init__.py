@@ -326,6 +326,13 @@ def te_fx_maps():
 
 # ----------------------------------------------------------------------
 # Defined in chapters/relax/blockbuilder_fx.ipynb
+def tensorir_functions(module):
+    """Return the sorted names of the TensorIR functions (the kernels) of MODULE."""
+    return sorted(gv.name_hint for gv, func in module.functions.items()
+                  if isinstance(func, tvm.tirx.PrimFunc))
+
+# ----------------------------------------------------------------------
+# Defined in chapters/relax/blockbuilder_fx.ipynb
 def op_fx_maps():
     """Return (call_function_map, call_module_map) for from_fx that emit Relax operators."""
     import torch
@@ -2274,18 +2281,20 @@ def fuse_onednn_post_ops(mod):
 
 # ----------------------------------------------------------------------
 # Defined in chapters/appendix/measuring.ipynb
-def profile_vm_calls(compiled, data, runs=10):
+def profile_vm_calls(compiled, data, runs=10, key=None):
     """Time every call the Relax VM makes while COMPILED (a CompiledModel) runs on DATA (a TVM
-    tensor): {callee: (calls per run, seconds per run)}, slowest first, from the VM's
-    instrument hook."""
+    tensor): {group: (calls per run, seconds per run)}, slowest first, from the VM's instrument
+    hook. A call's group is its callee, or KEY(callee, arguments, result) where KEY is given."""
     totals, started = {}, {}
 
     def instrument(func, symbol, before_run, ret_value, *args):
         if before_run:
             started[symbol] = time.perf_counter()
         else:
-            calls, seconds = totals.get(symbol, (0, 0.0))
-            totals[symbol] = (calls + 1, seconds + time.perf_counter() - started.pop(symbol))
+            seconds = time.perf_counter() - started.pop(symbol)
+            group = symbol if key is None else key(symbol, args, ret_value)
+            calls, total = totals.get(group, (0, 0.0))
+            totals[group] = (calls + 1, total + seconds)
         return 0  # VMInstrumentReturnKind.NO_OP: run the call as usual
 
     compiled.run(data)  # warm up without the hook
@@ -2295,7 +2304,7 @@ def profile_vm_calls(compiled, data, runs=10):
             compiled.run(data)
     finally:
         compiled.vm.set_instrument(lambda *args: 0)
-    per_run = {s: (n // runs, seconds / runs) for s, (n, seconds) in totals.items()}
+    per_run = {g: (n // runs, seconds / runs) for g, (n, seconds) in totals.items()}
     return dict(sorted(per_run.items(), key=lambda item: -item[1][1]))
 
 # ----------------------------------------------------------------------
@@ -2507,6 +2516,32 @@ def torch_channels_last(workload):
         np.testing.assert_allclose(model_cl(x_cl).numpy(), model(x).numpy(),
                                    rtol=1e-4, atol=1e-4)
     return lambda: model_cl(x_cl)
+
+# ----------------------------------------------------------------------
+# Defined in chapters/appendix/measuring.ipynb
+BASELINES = ("torch-channels-last", "torch-compile", "onnxruntime", "openvino")
+
+
+def baseline_methods(workload, threads, names=BASELINES):
+    """PyTorch eager ("torch") and the baselines NAMES that work here for WORKLOAD: {name:
+    zero-argument function on its input}, each checked against eager when it is made."""
+    unknown = sorted(set(names) - set(BASELINES))
+    if unknown:
+        raise ValueError(f"unknown baselines {unknown}; the baselines are {list(BASELINES)}")
+    model, x = workload["model"], workload["input"]
+    methods = {"torch": lambda: model(x)}
+    channels_last = torch_channels_last(workload) if "torch-channels-last" in names else None
+    if channels_last is not None:  # only for models with an image (4-D) input
+        methods["torch-channels-last"] = channels_last
+    compiled_model = compile_with_torch(workload) if "torch-compile" in names else None
+    if compiled_model is not None:  # None where torch.compile cannot compile here
+        methods["torch-compile"] = lambda: compiled_model(x)
+    if {"onnxruntime", "openvino"} & set(names):
+        x_np = x.numpy()
+        for name, run in deployment_runtimes(workload, threads).items():
+            if name in names:
+                methods[name] = (lambda run: lambda: run(x_np))(run)
+    return methods
 
 # ----------------------------------------------------------------------
 # Defined in chapters/appendix/measuring.ipynb

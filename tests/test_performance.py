@@ -10,7 +10,6 @@ import d2ltvm
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 RESNET_DB = ROOT / "data" / "tuning" / "resnet18_x86-64-avx512"
 MLP_DB = ROOT / "data" / "tuning" / "mlp_x86-64-avx512"
-CNN_DB = ROOT / "data" / "tuning" / "cnn_x86-64-avx512"
 TOLERANCE = dict(rtol=1e-4, atol=1e-4)  # float32 sums in another order; a wrong kernel is far off
 SSE_ONLY = {"kind": "llvm", "mcpu": "x86-64-v2", "num-cores": 2}
 needs_onednn = pytest.mark.skipif(
@@ -45,26 +44,22 @@ def mlps():
     return d2ltvm.performance_workloads("mlp")
 
 
-def test_shipped_database_covers_every_resnet18_task(resnet):
-    target = d2ltvm.database_target(RESNET_DB)
-    assert d2ltvm.missing_tuning_records(resnet["mod"], RESNET_DB, target) == []
-
-
-def test_shipped_database_covers_every_mlp_task(mlps):
-    for w in mlps:
-        target = d2ltvm.database_target(MLP_DB)
-        assert d2ltvm.missing_tuning_records(w["mod"], MLP_DB, target, model="mlp") == [], w["label"]
-
-
 @pytest.fixture(scope="module")
 def cnns():
     return d2ltvm.performance_workloads("cnn")
 
 
-def test_shipped_database_covers_every_cnn_task(cnns):
-    for w in cnns:
-        target = d2ltvm.database_target(CNN_DB)
-        assert d2ltvm.missing_tuning_records(w["mod"], CNN_DB, target, model="cnn") == [], w["label"]
+@pytest.mark.parametrize("database", sorted((ROOT / "data" / "tuning").iterdir()), ids=lambda p: p.name)
+def test_shipped_database_covers_every_task(database, request):
+    # every shipped database, of every class, holds a record for each task of its model's
+    # workloads (batch 1, and 64 for the MLP and the CNN), for the target it was tuned for
+    model = database.name.split("_")[0]
+    workloads = {"resnet18": lambda: [request.getfixturevalue("resnet")],
+                 "mlp": lambda: request.getfixturevalue("mlps"),
+                 "cnn": lambda: request.getfixturevalue("cnns")}[model]()
+    target = d2ltvm.database_target(database)
+    for w in workloads:
+        assert d2ltvm.missing_tuning_records(w["mod"], database, target, model=model) == [], w["label"]
 
 
 def test_cnn_twin_matches_keras():
@@ -147,6 +142,54 @@ def test_tuning_progress_of_a_compact_database(mlps):
     conv_task = next(t for t in conv_tasks if "conv2d" in t.task_name)  # the MLP has no convolution
     assert tune_resnet18.tuning_progress(d2ltvm.tuning_database_folder(MLP_DB), tasks + [conv_task],
                                          step=1) == []
+
+
+def test_progress_across_runs_shifts_a_seeded_work_dir(monkeypatch, tmp_path):
+    import tune_resnet18
+    (tmp_path / "database_tuning_record.json").write_text("first\nsecond\n")
+    # the work directory holds the 2 seeded records first, then 100 measured ones
+    monkeypatch.setattr(tune_resnet18, "tuning_progress",
+                        lambda work_dir, tasks: [[2, 4.0], [52, 3.5], [102, 3.0]])
+    info = {"progress": [[100, 5.0], [200, 4.0]],
+            "seeded_work_dir": {"records": 2, "after_trials": 200, "first_record": "first"}}
+    assert tune_resnet18.progress_across_runs(info, tmp_path, []) == [
+        [100, 5.0], [200, 4.0], [250, 3.5], [300, 3.0]]
+    # another work directory (not the seeded one) holds its whole search: its points as they are
+    info["seeded_work_dir"]["first_record"] = "something else"
+    assert tune_resnet18.progress_across_runs(info, tmp_path, []) == [[2, 4.0], [52, 3.5], [102, 3.0]]
+
+
+def test_an_empty_work_dir_is_seeded_with_the_shipped_database(tmp_path):
+    import json
+    import shutil
+    import subprocess
+    import sys
+    shipped = d2ltvm.shipped_tuning_database("mlp")
+    if shipped is None:
+        pytest.skip(f"the book ships no MLP database for {d2ltvm.isa_class(d2ltvm.host_target())}")
+    out, work_dir = tmp_path / "out", tmp_path / "work"
+    shutil.copytree(shipped, out)
+    command = [sys.executable, str(ROOT / "tools" / "tune_resnet18.py"), "--model", "mlp",
+               "--trials", "0", "--work-dir", str(work_dir), "--out", str(out)]
+    first = subprocess.run(command, capture_output=True, text=True, check=True).stdout
+    count = len(d2ltvm.open_tuning_database(shipped, model="mlp").get_all_tuning_records())
+    assert f"had no records: the search starts from the {count} best records shipped" in first
+    records = (work_dir / "database_tuning_record.json").read_text().splitlines()
+    assert len(records) == count
+    before = json.loads((shipped / "tuning_info.json").read_text())
+    after = json.loads((out / "tuning_info.json").read_text())
+    # nothing was tuned: the same runs, progress and best records, and the seed is recorded
+    assert (after["runs"], after["progress"]) == (before["runs"], before["progress"])
+    assert after["seeded_work_dir"] == {"records": count, "first_record": records[0],
+                                        "after_trials": before["total_trials"]}
+    def best(folder):
+        return {str(r.workload.mod): [float(t) for t in r.run_secs] for r in
+                d2ltvm.open_tuning_database(folder, model="mlp").get_all_tuning_records()}
+    assert len(best(out)) == count and best(out) == best(shipped)
+    # a second run finds records there: no second seeding
+    second = subprocess.run(command, capture_output=True, text=True, check=True).stdout
+    assert "had no records" not in second
+    assert len((work_dir / "database_tuning_record.json").read_text().splitlines()) == count
 
 
 THREADS_SCRIPT = """
@@ -235,7 +278,8 @@ def test_compile_tuned_refuses_another_class_clearly(resnet):
     assert "tools/tune_resnet18.py --model resnet18" in message
 
 
-SHIPPED_CLASSES = {"resnet18": {"x86-64-avx512"}, "mlp": {"x86-64-avx512", "x86-64-avx2"},
+SHIPPED_CLASSES = {"resnet18": {"x86-64-avx512", "x86-64-avx2"},
+                   "mlp": {"x86-64-avx512", "x86-64-avx2"},
                    "cnn": {"x86-64-avx512", "x86-64-avx2"}}
 
 
@@ -610,6 +654,31 @@ def test_deployment_runtimes_match_torch_and_channels_last(tmp_path, monkeypatch
     assert d2ltvm.torch_channels_last({**w, "input": torch.rand(2, 3)}) is None
 
 
+def test_baseline_methods_are_checked_and_named(tmp_path, monkeypatch):
+    import importlib.util
+
+    import torch
+    monkeypatch.setenv("D2LTVM_CACHE", str(tmp_path))
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Conv2d(2, 4, 3), torch.nn.Flatten()).eval()
+    w = {"label": "tiny batch1", "model": model, "input": torch.rand(1, 2, 5, 5)}
+    methods = d2ltvm.baseline_methods(w, 1, names=["torch-channels-last", "onnxruntime"])
+    assert list(methods) == ["torch", "torch-channels-last", "onnxruntime"]
+    with torch.no_grad():
+        for run in methods.values():
+            np.testing.assert_allclose(np.asarray(run()), model(w["input"]).numpy(), **TOLERANCE)
+    # a baseline that computes something else is caught before it is ever timed
+    monkeypatch.setattr(d2ltvm, "onnxruntime_model", lambda path, threads: lambda x: x[:, :1])
+    with pytest.raises(AssertionError):
+        d2ltvm.baseline_methods(w, 1, names=["onnxruntime"])
+    with pytest.raises(ValueError, match=r"unknown baselines \['tensorrt'\]; the baselines are"):
+        d2ltvm.baseline_methods(w, 1, names=["onnxruntime", "tensorrt"])
+    spec = importlib.util.spec_from_file_location("benchmark_script", ROOT / "tools" / "benchmark.py")
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    assert script.BASELINES == d2ltvm.BASELINES  # the script's choices are the package's
+
+
 def test_plot_roofline_draws_a_point_per_row():
     import matplotlib
     matplotlib.use("Agg")
@@ -688,3 +757,10 @@ def test_profile_vm_calls_counts_each_callee_per_run():
     assert list(profile) == sorted(profile, key=lambda c: -profile[c][1])  # slowest first
     before = compiled(x.numpy())  # the hook is gone: the model still runs, and runs the same
     np.testing.assert_allclose(before, model(x).detach().numpy(), **TOLERANCE)
+    # grouped by the shape each kernel writes (its last argument): both layers' outputs appear,
+    # and the groups add up to the same calls and time as the callees
+    def written(callee, args, result):
+        return "builtin" if callee.startswith("vm.builtin") else tuple(args[-1].shape)
+    grouped = d2ltvm.profile_vm_calls(compiled, tvm_tensor(x), runs=4, key=written)
+    assert {(1, 4), (1, 2)} <= set(grouped), grouped
+    assert sum(n for g, (n, _) in grouped.items() if g != "builtin") == sum(kernels.values())

@@ -29,7 +29,7 @@ import warnings
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-BASELINES = ("torch-channels-last", "torch-compile", "onnxruntime", "openvino")
+BASELINES = ("torch-channels-last", "torch-compile", "onnxruntime", "openvino")  # d2ltvm.BASELINES
 METHODS = ("tvm-untuned", "tvm-dispatch", "tvm-dispatch-bnfold", "tvm-dispatch-prepacked",
            "tvm-dispatch-fused", "tvm-tuned")
 ONEDNN_METHODS = ("tvm-dispatch-prepacked", "tvm-dispatch-fused")  # for models with convolutions
@@ -100,8 +100,7 @@ def main():
                 expected = model(x).numpy()
                 for label, compiled in variants.items():
                     d2ltvm.np.testing.assert_allclose(compiled(x.numpy()), expected, rtol=1e-4, atol=1e-4)
-                timed = {"torch": lambda: model(x)}
-                timed.update(baselines(w, args.baselines, threads))
+                timed = d2ltvm.baseline_methods(w, threads, args.baselines)
                 for label, compiled in variants.items():
                     timed[label] = (lambda c: lambda: c.run(x_tvm))(compiled)
                 table = d2ltvm.benchmark(w["label"], timed, rounds=args.rounds, repeats=args.repeats,
@@ -113,26 +112,6 @@ def main():
           f"({peak['gflops'] or 0:.0f} GFLOP/s: {peak['cores']} cores x {peak['fma_units']} FMA x "
           f"{peak['lanes']} lanes x 2 x {peak['ghz'] or 0:.2f} GHz)")
     print("\n".join(summary))
-
-
-def baselines(workload, names, threads):
-    """The baselines NAMES of WORKLOAD that work here, as zero-argument functions (each checked
-    against PyTorch eager when it is made)."""
-    import d2ltvm
-    timed, x = {}, workload["input"].numpy()
-    if "torch-channels-last" in names:
-        channels_last = d2ltvm.torch_channels_last(workload)
-        if channels_last is not None:
-            timed["torch-channels-last"] = channels_last
-    if "torch-compile" in names:
-        compiled_model = d2ltvm.compile_with_torch(workload)
-        if compiled_model is not None:
-            timed["torch-compile"] = lambda: compiled_model(workload["input"])
-    runtimes = d2ltvm.deployment_runtimes(workload, threads) if {"onnxruntime", "openvino"} & set(names) else {}
-    for name, run in runtimes.items():
-        if name in names:
-            timed[name] = (lambda r: lambda: r(x))(run)
-    return timed
 
 
 if __name__ == "__main__":
