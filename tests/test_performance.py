@@ -1,4 +1,5 @@
 """Tests for the helpers of chapters/performance/performance.ipynb (offline, no timing assertions)."""
+import hashlib
 import pathlib
 import re
 
@@ -151,11 +152,12 @@ def test_progress_across_runs_shifts_a_seeded_work_dir(monkeypatch, tmp_path):
     monkeypatch.setattr(tune_resnet18, "tuning_progress",
                         lambda work_dir, tasks: [[2, 4.0], [52, 3.5], [102, 3.0]])
     info = {"progress": [[100, 5.0], [200, 4.0]],
-            "seeded_work_dir": {"records": 2, "after_trials": 200, "first_record": "first"}}
+            "seeded_work_dir": {"records": 2, "after_trials": 200,
+                                "first_record_sha256": hashlib.sha256(b"first").hexdigest()}}
     assert tune_resnet18.progress_across_runs(info, tmp_path, []) == [
         [100, 5.0], [200, 4.0], [250, 3.5], [300, 3.0]]
     # another work directory (not the seeded one) holds its whole search: its points as they are
-    info["seeded_work_dir"]["first_record"] = "something else"
+    info["seeded_work_dir"]["first_record_sha256"] = hashlib.sha256(b"second").hexdigest()
     assert tune_resnet18.progress_across_runs(info, tmp_path, []) == [[2, 4.0], [52, 3.5], [102, 3.0]]
 
 
@@ -180,8 +182,9 @@ def test_an_empty_work_dir_is_seeded_with_the_shipped_database(tmp_path):
     after = json.loads((out / "tuning_info.json").read_text())
     # nothing was tuned: the same runs, progress and best records, and the seed is recorded
     assert (after["runs"], after["progress"]) == (before["runs"], before["progress"])
-    assert after["seeded_work_dir"] == {"records": count, "first_record": records[0],
-                                        "after_trials": before["total_trials"]}
+    assert after["seeded_work_dir"] == {
+        "records": count, "first_record_sha256": hashlib.sha256(records[0].encode()).hexdigest(),
+        "after_trials": before["total_trials"]}
     def best(folder):
         return {str(r.workload.mod): [float(t) for t in r.run_secs] for r in
                 d2ltvm.open_tuning_database(folder, model="mlp").get_all_tuning_records()}
@@ -759,8 +762,19 @@ def test_profile_vm_calls_counts_each_callee_per_run():
     np.testing.assert_allclose(before, model(x).detach().numpy(), **TOLERANCE)
     # grouped by the shape each kernel writes (its last argument): both layers' outputs appear,
     # and the groups add up to the same calls and time as the callees
-    def written(callee, args, result):
-        return "builtin" if callee.startswith("vm.builtin") else tuple(args[-1].shape)
-    grouped = d2ltvm.profile_vm_calls(compiled, tvm_tensor(x), runs=4, key=written)
+    grouped = d2ltvm.profile_vm_calls(compiled, tvm_tensor(x), runs=4, key=d2ltvm.written_shape)
     assert {(1, 4), (1, 2)} <= set(grouped), grouped
-    assert sum(n for g, (n, _) in grouped.items() if g != "builtin") == sum(kernels.values())
+    assert sum(n for g, (n, _) in grouped.items() if g is not None) == sum(kernels.values())
+
+
+def test_written_shape_is_the_result_else_the_last_argument():
+    class Tensor:
+        def __init__(self, *shape):
+            self.shape = shape
+
+    a, out = Tensor(1, 8), Tensor(1, 4)
+    assert d2ltvm.written_shape("fused_matmul_add", (a, out), None) == (1, 4)  # writes its output
+    assert d2ltvm.written_shape("d2ltvm.torch_matmul", (a,), Tensor(2, 3)) == (2, 3)  # returns it
+    assert d2ltvm.written_shape("vm.builtin.alloc_tensor", (a,), out) is None
+    assert d2ltvm.written_shape("vm.builtin.check_tensor_info", (), None) is None
+    assert d2ltvm.written_shape("print_shape", (1, "x"), None) is None  # no tensor at all

@@ -29,26 +29,31 @@ import warnings
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-BASELINES = ("torch-channels-last", "torch-compile", "onnxruntime", "openvino")  # d2ltvm.BASELINES
+# d2ltvm.BASELINES (a test keeps them equal), here so that --help needs no import of TVM
+BASELINES = ("torch-channels-last", "torch-compile", "onnxruntime", "openvino")
 METHODS = ("tvm-untuned", "tvm-dispatch", "tvm-dispatch-bnfold", "tvm-dispatch-prepacked",
            "tvm-dispatch-fused", "tvm-tuned")
+MODELS = ("resnet18", "mlp", "cnn")
 ONEDNN_METHODS = ("tvm-dispatch-prepacked", "tvm-dispatch-fused")  # for models with convolutions
 
 
 def main():
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--baselines", nargs="*", choices=BASELINES, default=list(BASELINES),
                         help="baselines besides PyTorch eager (torch-channels-last for the models "
                              "with convolutions; torch.compile's first call compiles the model)")
-    parser.add_argument("--models", nargs="+", choices=["resnet18", "mlp", "cnn"], default=["resnet18", "mlp", "cnn"])
+    parser.add_argument("--models", nargs="+", choices=MODELS, default=list(MODELS))
     parser.add_argument("--methods", nargs="+", choices=METHODS, default=list(METHODS),
                         help="TVM variants to time (tvm-dispatch-bnfold exists for ResNet-18 only, "
                              "tvm-dispatch-prepacked and -fused for the models with convolutions)")
     parser.add_argument("--tvm-threads", type=int, default=None,
                         help="threads of TVM's thread pool (default: as many as PyTorch uses)")
-    parser.add_argument("--repeats", type=int, default=25, help="timed samples per method and round")
+    parser.add_argument("--repeats", type=int, default=25,
+                        help="timed samples per method and round")
     parser.add_argument("--rounds", type=int, default=5,
-                        help="interleaved rounds over all methods; the ratio is the median over rounds")
+                        help="interleaved rounds over all methods; the ratio is the median over "
+                             "rounds")
     args = parser.parse_args()
     warnings.filterwarnings("ignore", category=FutureWarning)
 
@@ -76,8 +81,9 @@ def main():
             x_tvm = tvm.runtime.tensor(x.numpy())
             builders = {
                 "tvm-untuned": lambda: d2ltvm.compile_relax(w["mod"], w["weights"], target),
-                "tvm-dispatch": lambda: d2ltvm.compile_relax(d2ltvm.dispatch_to_torch(w["mod"]), w["weights"],
-                                                             target=target, pipeline=d2ltvm.dispatch_pipeline()),
+                "tvm-dispatch": lambda: d2ltvm.compile_relax(
+                    d2ltvm.dispatch_to_torch(w["mod"]), w["weights"], target=target,
+                    pipeline=d2ltvm.dispatch_pipeline()),
                 "tvm-dispatch-bnfold": lambda: d2ltvm.compile_relax(
                     d2ltvm.dispatch_to_torch(folded[0]), folded[1], target=target,
                     pipeline=d2ltvm.dispatch_pipeline()),
@@ -87,7 +93,8 @@ def main():
                 "tvm-dispatch-fused": lambda: d2ltvm.compile_relax(
                     d2ltvm.fuse_onednn_post_ops(d2ltvm.dispatch_to_onednn(folded[0])), folded[1],
                     target=target, pipeline=d2ltvm.dispatch_pipeline()),
-                "tvm-tuned": lambda: d2ltvm.compile_tuned(w["mod"], w["weights"], database_dir, target, name),
+                "tvm-tuned": lambda: d2ltvm.compile_tuned(w["mod"], w["weights"], database_dir,
+                                                          target, name),
             }
             methods = [m for m in args.methods if (m != "tvm-dispatch-bnfold" or name == "resnet18")
                        and (m not in ONEDNN_METHODS or (name != "mlp" and has_onednn))
@@ -99,15 +106,17 @@ def main():
             with torch.no_grad():
                 expected = model(x).numpy()
                 for label, compiled in variants.items():
-                    d2ltvm.np.testing.assert_allclose(compiled(x.numpy()), expected, rtol=1e-4, atol=1e-4)
+                    d2ltvm.np.testing.assert_allclose(compiled(x.numpy()), expected,
+                                                      rtol=1e-4, atol=1e-4)
                 timed = d2ltvm.baseline_methods(w, threads, args.baselines)
                 for label, compiled in variants.items():
                     timed[label] = (lambda c: lambda: c.run(x_tvm))(compiled)
-                table = d2ltvm.benchmark(w["label"], timed, rounds=args.rounds, repeats=args.repeats,
-                                        max_seconds=10)
+                table = d2ltvm.benchmark(w["label"], timed, rounds=args.rounds,
+                                         repeats=args.repeats, max_seconds=10)
             print("\n".join(d2ltvm.ratio_lines(table)), flush=True)
             flops = {w["label"]: d2ltvm.count_flops(w)}
-            summary += d2ltvm.throughput_lines(d2ltvm.add_throughput(table, flops, peak), flops, peak)
+            summary += d2ltvm.throughput_lines(d2ltvm.add_throughput(table, flops, peak), flops,
+                                               peak)
     print(f"\nmedian ms [fastest-slowest round], GFLOP/s, share of the estimated peak "
           f"({peak['gflops'] or 0:.0f} GFLOP/s: {peak['cores']} cores x {peak['fma_units']} FMA x "
           f"{peak['lanes']} lanes x 2 x {peak['ghz'] or 0:.2f} GHz)")

@@ -8,17 +8,17 @@ Usage (from the repository root):
 
 Each run tunes into a full work directory outside the repository (default
 d2ltvm.cache_dir()/tuning/<model>_<mcpu>, i.e. ~/.cache/d2ltvm/tuning/<model>_<mcpu>, or
---work-dir), which keeps every measured candidate. Running the command again with the same work directory
-RESUMES: the search starts from the best schedules already measured and adds new records, so the
-database grows across runs. Size each run (--trials) to the time you have: TVM 0.27 wrote the
-measured records into the work directory only when the search ended (seen here: none in the first
-50 minutes of a 52-minute run), so a run stopped early can lose its trials; --trials 0 ships what
-the work directory has. A work directory with no records yet (a new machine, a cleared cache) is
-first seeded with the database the book ships for the class, so the search goes on from the best
-schedules found so far and the shipped database can only improve. After tuning, the best record of
-every workload is copied, gzipped, into data/tuning/<model>_<class>/ (under 200 KB for ResNet-18;
-<class> is the target's instruction-set class, d2ltvm.isa_class: x86-64-avx512, x86-64-avx2, x86-64
-or aarch64), together with tuning_info.json (target, class, trials, tuning time, date, TVM version,
+--work-dir), which keeps every measured candidate. Running the command again with the same work
+directory RESUMES: the search starts from the best schedules already measured and adds new records,
+so the database grows across runs. Size each run (--trials) to the time you have: TVM 0.27 wrote the
+measured records into the work directory only when the search ended (seen here: none in the first 50
+minutes of a 52-minute run), so a run stopped early can lose its trials; --trials 0 ships what the
+work directory has. A work directory with no records yet (a new machine, a cleared cache) is first
+seeded with the database the book ships for the class, so the search goes on from the best schedules
+found so far and the shipped database can only improve. After tuning, the best record of every
+workload is copied, gzipped, into data/tuning/<model>_<class>/ (under 200 KB for ResNet-18; <class>
+is the target's instruction-set class, d2ltvm.isa_class: x86-64-avx512, x86-64-avx2, x86-64 or
+aarch64), together with tuning_info.json (target, class, trials, tuning time, date, TVM version,
 accumulated over runs, and the tuning progress: the model latency the search had measured after
 every 50 trials).
 
@@ -32,6 +32,7 @@ with seeded random weights when the pretrained ones cannot be downloaded.
 """
 import argparse
 import datetime
+import hashlib
 import json
 import os
 import pathlib
@@ -84,10 +85,11 @@ def seed_work_dir(work_dir, out, model):
     return sum(1 for line in open(records) if line.strip())
 
 
-def first_record(work_dir):
-    """The first line of WORK_DIR's records: it tells a seeded work directory from another."""
+def first_record_sha256(work_dir):
+    """The SHA-256 of the first line of WORK_DIR's records: it tells a seeded work directory from
+    another."""
     with open(pathlib.Path(work_dir) / "database_tuning_record.json") as records:
-        return records.readline().strip()
+        return hashlib.sha256(records.readline().strip().encode()).hexdigest()
 
 
 def progress_across_runs(info, work_dir, tasks):
@@ -99,7 +101,7 @@ def progress_across_runs(info, work_dir, tasks):
     """
     points = tuning_progress(work_dir, tasks)
     seed = info.get("seeded_work_dir")
-    if not seed or seed["first_record"] != first_record(work_dir):
+    if not seed or seed["first_record_sha256"] != first_record_sha256(work_dir):
         return points  # the work directory holds the whole search
     earlier = [p for p in info.get("progress", []) if p[0] <= seed["after_trials"]]
     return earlier + [[seed["after_trials"] + n - seed["records"], ms]
@@ -107,7 +109,8 @@ def progress_across_runs(info, work_dir, tasks):
 
 
 def tuning_progress(work_dir, tasks, step=50):
-    """[[trials, ms], ...]: the model latency (sum over tasks of weight x best time so far) every STEP records.
+    """[[trials, ms], ...]: the model latency (sum over tasks of weight x best time so far) after
+    every STEP records.
 
     Records are read in the order they were measured, across all runs on WORK_DIR; a point is
     written once every task has a valid measurement. The latency is the search's own estimate
@@ -119,7 +122,8 @@ def tuning_progress(work_dir, tasks, step=50):
         key = str(tvm_ffi.structural_hash(task.dispatched[0]))
         weight[key] = weight.get(key, 0) + task.weight
     work_dir = pathlib.Path(work_dir)
-    hashes = [json.loads(line)[0] for line in open(work_dir / "database_workload.json") if line.strip()]
+    hashes = [json.loads(line)[0] for line in open(work_dir / "database_workload.json")
+              if line.strip()]
     best, points, count = {}, [], 0
 
     def estimate():
@@ -141,7 +145,8 @@ def tuning_progress(work_dir, tasks, step=50):
 
 
 def main():
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", choices=["resnet18", "mlp", "cnn"], default="resnet18")
     parser.add_argument("--trials", type=int, default=600,
                         help="trials for each workload (batch size) in this run (0: only compact)")
@@ -149,10 +154,13 @@ def main():
     parser.add_argument("--mcpu", default=None, help="LLVM CPU name (default: this machine's)")
     parser.add_argument("--num-cores", type=int, default=None,
                         help="cores to plan and measure for (default: those this process may use)")
-    parser.add_argument("--work-dir", default=None, help="full database (default: d2ltvm.cache_dir()/tuning/<model>_<mcpu>)")
-    parser.add_argument("--out", default=None, help="compact database (default data/tuning/<model>_<class>)")
+    parser.add_argument("--work-dir", default=None,
+                        help="full database (default: d2ltvm.cache_dir()/tuning/<model>_<mcpu>)")
+    parser.add_argument("--out", default=None,
+                        help="compact database (default data/tuning/<model>_<class>)")
     parser.add_argument("--note-run", nargs=2, type=int, metavar=("TRIALS", "SECONDS"),
-                        help="with --trials 0: record in tuning_info.json a run whose final step did not finish")
+                        help="with --trials 0: record in tuning_info.json a run whose final "
+                             "step did not finish")
     args = parser.parse_args()
     import tvm
     import d2ltvm
@@ -187,7 +195,8 @@ def main():
         prepared = d2ltvm.prepare_for_tuning(mod, target)
         tasks = ms.relax_integration.extract_tasks(prepared, target)
         all_tasks += tasks
-        print(f"{label}: {len(tasks)} tasks, tuning {args.trials} trials into {work_dir}", flush=True)
+        print(f"{label}: {len(tasks)} tasks, tuning {args.trials} trials into {work_dir}",
+              flush=True)
         if args.trials > 0:
             ms.relax_integration.tune_relax(
                 prepared, params={}, target=target, work_dir=str(work_dir),
@@ -198,14 +207,16 @@ def main():
     info_path = out / "tuning_info.json"
     info = json.loads(info_path.read_text()) if info_path.exists() else {"runs": []}
     if seeded:  # the runs recorded so far came before the seeded records
-        info["seeded_work_dir"] = {"records": seeded, "first_record": first_record(work_dir),
+        info["seeded_work_dir"] = {"records": seeded,
+                                   "first_record_sha256": first_record_sha256(work_dir),
                                    "after_trials": sum(r["trials"] for r in info["runs"])}
     info.update({"model": args.model, "target": str(target), "isa_class": isa,
                  "tvm_version": tvm.__version__, "workloads": n})
     if args.trials > 0:
-        # --trials is spent on each workload (batch size) in turn; the search may overshoot it a little
+        # --trials is spent on each workload (batch size) in turn; the search may overshoot it
         info["runs"].append({"date": datetime.date.today().isoformat(),
-                             "trials": measured() - records_before, "tuning_seconds": round(seconds)})
+                             "trials": measured() - records_before,
+                             "tuning_seconds": round(seconds)})
     elif args.note_run:
         info["runs"].append({"date": datetime.date.today().isoformat(), "trials": args.note_run[0],
                              "tuning_seconds": args.note_run[1]})
