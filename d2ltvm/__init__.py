@@ -2309,6 +2309,16 @@ def profile_vm_calls(compiled, data, runs=10, key=None):
 
 # ----------------------------------------------------------------------
 # Defined in chapters/appendix/measuring.ipynb
+def written_shape(callee, args, result):
+    """The shape a VM call writes (its result, else its last argument: a kernel's output), or
+    None for the VM's builtins (allocations, shape checks) and calls that write no tensor."""
+    if callee.startswith("vm.builtin"):
+        return None
+    out = result if hasattr(result, "shape") else (args[-1] if args else None)
+    return tuple(out.shape) if hasattr(out, "shape") else None
+
+# ----------------------------------------------------------------------
+# Defined in chapters/appendix/measuring.ipynb
 import json
 
 
