@@ -928,6 +928,38 @@ def compile_tuned(mod, weights, database_dir, target=None, model="resnet18", any
         return compile_relax(mod, weights, target, pipeline)
 
 # ----------------------------------------------------------------------
+# Defined in chapters/performance/performance.ipynb
+import tempfile
+
+
+def profile_onnxruntime(onnx_path, data, threads, runs=10, key=None):
+    """Time every node ONNX Runtime runs on DATA (numpy) with the model in ONNX_PATH: {group:
+    (calls per run, seconds per run)}, slowest first, from its profiler. A node's group is its
+    operator, or KEY(operator, shape it writes) where KEY is given."""
+    import onnxruntime as ort
+    options = ort.SessionOptions()
+    options.intra_op_num_threads, options.inter_op_num_threads = threads, 1
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    options.enable_profiling = True
+    with tempfile.TemporaryDirectory() as folder:
+        options.profile_file_prefix = str(pathlib.Path(folder) / "onnxruntime")
+        session = ort.InferenceSession(str(onnx_path), options, providers=["CPUExecutionProvider"])
+        for _ in range(runs + 1):  # the first run warms up: left out below
+            session.run(None, {"input": data})
+        events = json.loads(pathlib.Path(session.end_profiling()).read_text())
+    timed_from = sorted(e["ts"] for e in events if e.get("name") == "model_run")[1]
+    totals = {}
+    for e in events:
+        if e.get("cat") == "Node" and e["name"].endswith("_kernel_time") \
+                and e["ts"] >= timed_from:
+            op, (shape,) = e["args"]["op_name"], e["args"]["output_type_shape"][0].values()
+            group = op if key is None else key(op, tuple(shape))
+            calls, total = totals.get(group, (0, 0.0))
+            totals[group] = (calls + 1, total + e["dur"] * 1e-6)
+    per_run = {g: (n // runs, seconds / runs) for g, (n, seconds) in totals.items()}
+    return dict(sorted(per_run.items(), key=lambda item: -item[1][1]))
+
+# ----------------------------------------------------------------------
 # Defined in chapters/appendix/downloads.ipynb
 import hashlib
 import os

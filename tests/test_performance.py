@@ -767,6 +767,22 @@ def test_profile_vm_calls_counts_each_callee_per_run():
     assert sum(n for g, (n, _) in grouped.items() if g is not None) == sum(kernels.values())
 
 
+def test_profile_onnxruntime_counts_each_node_of_the_timed_runs(tmp_path):
+    import torch
+    model = torch.nn.Sequential(torch.nn.Linear(6, 4), torch.nn.ReLU(), torch.nn.Linear(4, 2)).eval()
+    workload = {"label": "two layers", "model": model, "input": torch.rand(1, 6)}
+    path = d2ltvm.export_onnx(workload, folder=tmp_path)
+    x = workload["input"].numpy()
+    for runs in (1, 3):  # the warm-up run is not counted: each layer is one node per run
+        by_shape = d2ltvm.profile_onnxruntime(path, x, threads=1, runs=runs,
+                                              key=lambda op, shape: shape)
+        assert {shape: calls for shape, (calls, _) in by_shape.items()} == {(1, 4): 1, (1, 2): 1}
+        assert all(seconds > 0 for _, seconds in by_shape.values())
+    by_operator = d2ltvm.profile_onnxruntime(path, x, threads=1)
+    assert sum(calls for calls, _ in by_operator.values()) == 2, by_operator
+    assert list(by_operator) == sorted(by_operator, key=lambda op: -by_operator[op][1])
+
+
 def test_written_shape_is_the_result_else_the_last_argument():
     class Tensor:
         def __init__(self, *shape):
