@@ -936,14 +936,8 @@ def profile_onnxruntime(onnx_path, data, threads, runs=10, key=None):
     """Time every node ONNX Runtime runs on DATA (numpy) with the model in ONNX_PATH: {group:
     (calls per run, seconds per run)}, slowest first, from its profiler. A node's group is its
     operator, or KEY(operator, shape it writes) where KEY is given."""
-    import onnxruntime as ort
-    options = ort.SessionOptions()
-    options.intra_op_num_threads, options.inter_op_num_threads = threads, 1
-    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    options.enable_profiling = True
     with tempfile.TemporaryDirectory() as folder:
-        options.profile_file_prefix = str(pathlib.Path(folder) / "onnxruntime")
-        session = ort.InferenceSession(str(onnx_path), options, providers=["CPUExecutionProvider"])
+        session = onnxruntime_session(onnx_path, threads, pathlib.Path(folder) / "onnxruntime")
         for _ in range(runs + 1):  # the first run warms up: left out below
             session.run(None, {"input": data})
         events = json.loads(pathlib.Path(session.end_profiling()).read_text())
@@ -2496,14 +2490,23 @@ def export_onnx(workload, folder=None):
                           opset_version=17, input_names=["input"], output_names=["output"])
     return path
 
-
-def onnxruntime_model(onnx_path, threads):
-    """An ONNX Runtime session (CPU provider, THREADS threads): a function numpy -> numpy."""
+# ----------------------------------------------------------------------
+# Defined in chapters/appendix/measuring.ipynb
+def onnxruntime_session(onnx_path, threads, profile_prefix=None):
+    """An ONNX Runtime session for the model in ONNX_PATH: CPU provider, THREADS threads, every
+    graph optimization; with PROFILE_PREFIX, it profiles its runs into a file named so."""
     import onnxruntime as ort
     options = ort.SessionOptions()
     options.intra_op_num_threads, options.inter_op_num_threads = threads, 1
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    session = ort.InferenceSession(str(onnx_path), options, providers=["CPUExecutionProvider"])
+    if profile_prefix is not None:
+        options.enable_profiling, options.profile_file_prefix = True, str(profile_prefix)
+    return ort.InferenceSession(str(onnx_path), options, providers=["CPUExecutionProvider"])
+
+
+def onnxruntime_model(onnx_path, threads):
+    """onnxruntime_session's model as a function numpy -> numpy."""
+    session = onnxruntime_session(onnx_path, threads)
     return lambda x: session.run(None, {"input": x})[0]
 
 
