@@ -929,6 +929,42 @@ def compile_tuned(mod, weights, database_dir, target=None, model="resnet18", any
 
 # ----------------------------------------------------------------------
 # Defined in chapters/performance/performance.ipynb
+def conv_block_size(target):
+    """Channels per block for TARGET's blocked layouts: its float32 vector lanes (16 with
+    AVX-512, else 8: AVX2's eight, or two of NEON's four)."""
+    return 16 if isa_class(target) == "x86-64-avx512" else 8
+
+
+def block_conv_layout(mod, weights, block):
+    """MOD with its weights bound as constants and each convolution whose channels divide by
+    BLOCK in the blocked layout NCHW[BLOCK]c (weights OIHW[BLOCK]i[BLOCK]o), legalized."""
+    from tvm import relax, topi
+    if isinstance(block, bool) or not isinstance(block, int) or block < 2:
+        raise ValueError(f"block must be a whole number of channels, 2 or more, not {block!r}")
+    if len(weights) != len(mod["main"].params) - 1:
+        raise ValueError(f"main takes the input and {len(mod['main'].params) - 1} weights, but "
+                         f"{len(weights)} weights were given")
+
+    def legalize_conv2d(bb, call):
+        a = call.attrs
+        if len(a.data_layout) == 4:  # a convolution left in NCHW: Relax's own legalization
+            return call
+        with tvm.target.Target("llvm"):  # conv2d_NCHWc asks for a target and does not use it
+            return bb.call_te(topi.nn.conv2d_NCHWc, call.args[0], call.args[1], a.strides,
+                              a.padding, a.dilation, a.data_layout, a.out_layout,
+                              a.out_dtype or "float32", primfunc_name_hint="conv2d_NCHWc")
+    layouts = {"relax.nn.conv2d": [f"NCHW{block}c", f"OIHW{block}i{block}o"]}
+    return tvm.transform.Sequential([
+        relax.transform.BindParams("main", dict(zip(mod["main"].params[1:], weights))),
+        relax.transform.DecomposeOpsForInference(),
+        relax.transform.ConvertLayout(layouts),
+        relax.transform.EliminateCommonSubexpr(),
+        relax.transform.LegalizeOps({"relax.nn.conv2d": legalize_conv2d}),
+        relax.transform.FoldConstant(),  # the weights' new layouts, computed once, here
+    ])(mod)
+
+# ----------------------------------------------------------------------
+# Defined in chapters/performance/performance.ipynb
 import tempfile
 
 

@@ -28,6 +28,11 @@ def tuned_build(w, model):
     return d2ltvm.compile_tuned(w["mod"], w["weights"], avx512, model=model, any_class=True)
 
 
+def blocked(w, block):
+    """Workload W with its convolutions in the blocked layout (its weights bound as constants)."""
+    return {**w, "mod": d2ltvm.block_conv_layout(w["mod"], w["weights"], block), "weights": []}
+
+
 @pytest.fixture(scope="module")
 def resnet():
     return d2ltvm.performance_workloads("resnet18")[0]
@@ -55,10 +60,12 @@ def test_shipped_database_covers_every_task(database, request):
     # every shipped database, of every class, holds a record for each task of its model's
     # workloads (batch 1, and 64 for the MLP and the CNN), for the target it was tuned for
     model = database.name.split("_")[0]
+    target = d2ltvm.database_target(database)
     workloads = {"resnet18": lambda: [request.getfixturevalue("resnet")],
+                 "resnet18-blocked": lambda: [blocked(request.getfixturevalue("resnet"),
+                                                      d2ltvm.conv_block_size(target))],
                  "mlp": lambda: request.getfixturevalue("mlps"),
                  "cnn": lambda: request.getfixturevalue("cnns")}[model]()
-    target = d2ltvm.database_target(database)
     for w in workloads:
         assert d2ltvm.missing_tuning_records(w["mod"], database, target, model=model) == [], w["label"]
 
@@ -223,11 +230,12 @@ def test_benchmark_script_prints_one_ratio_line_per_workload_and_method():
     # not tested (torch.compile is left out here: compiling takes a minute)
     import subprocess
     import sys
-    # (the MLP has no convolution, so it gets no tvm-dispatch-prepacked or channels-last line)
+    # (the MLP has no convolution, so it gets no tvm-dispatch-prepacked or channels-last line;
+    # tvm-tuned-blocked is ResNet-18's alone)
     import torch
     result = subprocess.run([sys.executable, str(ROOT / "tools" / "benchmark.py"), "--models", "mlp",
                              "cnn", "--methods", "tvm-dispatch", "tvm-dispatch-prepacked", "tvm-dispatch-fused",
-                             "tvm-tuned", "--baselines", "torch-channels-last", "onnxruntime", "openvino",
+                             "tvm-tuned", "tvm-tuned-blocked", "--baselines", "torch-channels-last", "onnxruntime", "openvino",
                              "--repeats", "3", "--rounds", "1"],
                             capture_output=True, text=True, check=True)
     lines = [line for line in result.stdout.splitlines() if "/torch " in line]
@@ -282,6 +290,7 @@ def test_compile_tuned_refuses_another_class_clearly(resnet):
 
 
 SHIPPED_CLASSES = {"resnet18": {"x86-64-avx512", "x86-64-avx2"},
+                   "resnet18-blocked": {"x86-64-avx2"},
                    "mlp": {"x86-64-avx512", "x86-64-avx2"},
                    "cnn": {"x86-64-avx512", "x86-64-avx2"}}
 
@@ -794,3 +803,41 @@ def test_written_shape_is_the_result_else_the_last_argument():
     assert d2ltvm.written_shape("vm.builtin.alloc_tensor", (a,), out) is None
     assert d2ltvm.written_shape("vm.builtin.check_tensor_info", (), None) is None
     assert d2ltvm.written_shape("print_shape", (1, "x"), None) is None  # no tensor at all
+
+
+def test_block_conv_layout_blocks_every_convolution_but_the_stem(resnet, resnet_reference):
+    mod = d2ltvm.block_conv_layout(resnet["mod"], resnet["weights"], 8)
+    assert len(mod["main"].params) == 1  # the weights are constants now: main takes the image
+    script = mod.script()
+    # 19 of ResNet-18's 20 convolutions are blocked; the stem's 3 input channels do not fill a
+    # block of 8, so it alone stays an NCHW R.nn.conv2d, for Relax's own legalization later
+    assert len(re.findall(r"R\.call_tir\((?:cls\.)?conv2d_NCHWc\w*,", script)) == 19
+    assert len(re.findall(r"R\.nn\.conv2d\(.*data_layout=\"NCHW\"", script)) == 1
+    compiled = d2ltvm.compile_relax(mod, [])  # untuned: slow, and correct
+    np.testing.assert_allclose(compiled(resnet["input"].numpy()), resnet_reference, **TOLERANCE)
+
+
+def test_tuned_blocked_resnet18_matches_torch(resnet, resnet_reference):
+    # the AVX2 database (blocks of 8) applied on any CPU: correct everywhere, fast only on its class
+    folder = ROOT / "data" / "tuning" / "resnet18-blocked_x86-64-avx2"
+    block = d2ltvm.conv_block_size(d2ltvm.database_target(folder))
+    mod = d2ltvm.block_conv_layout(resnet["mod"], resnet["weights"], block)
+    compiled = d2ltvm.compile_tuned(mod, [], folder, model="resnet18-blocked", any_class=True)
+    np.testing.assert_allclose(compiled(resnet["input"].numpy()), resnet_reference, **TOLERANCE)
+
+
+@pytest.mark.parametrize("block", [0, 1, 2.5, "8", True])
+def test_block_conv_layout_rejects_a_bad_block(resnet, block):
+    with pytest.raises(ValueError, match="block must be a whole number"):
+        d2ltvm.block_conv_layout(resnet["mod"], resnet["weights"], block)
+
+
+def test_block_conv_layout_needs_every_weight(resnet):
+    with pytest.raises(ValueError, match="62 weights, but 61 weights were given"):
+        d2ltvm.block_conv_layout(resnet["mod"], resnet["weights"][:-1], 8)
+
+
+def test_conv_block_size_is_the_vector_width():
+    import tvm
+    assert d2ltvm.conv_block_size(tvm.target.Target({"kind": "llvm", "mcpu": "x86-64-v4"})) == 16
+    assert d2ltvm.conv_block_size(tvm.target.Target({"kind": "llvm", "mcpu": "x86-64-v3"})) == 8

@@ -21,6 +21,8 @@ TVM's, to show what the thread count is worth).
 Everything is compiled for d2ltvm.host_target() (this machine, or $D2LTVM_TARGET). tvm-tuned uses
 the database in data/tuning/ made for this machine's class of CPU (d2ltvm.isa_class); where the
 book ships none, that method is left out with a notice on stderr naming the command that tunes one.
+tvm-tuned-blocked (ResNet-18 only) is the same with the convolutions in a blocked layout
+(d2ltvm.block_conv_layout) and the resnet18-blocked database.
 """
 import argparse
 import pathlib
@@ -32,7 +34,7 @@ sys.path.insert(0, str(ROOT))
 # d2ltvm.BASELINES (a test keeps them equal), here so that --help needs no import of TVM
 BASELINES = ("torch-channels-last", "torch-compile", "onnxruntime", "openvino")
 METHODS = ("tvm-untuned", "tvm-dispatch", "tvm-dispatch-bnfold", "tvm-dispatch-prepacked",
-           "tvm-dispatch-fused", "tvm-tuned")
+           "tvm-dispatch-fused", "tvm-tuned", "tvm-tuned-blocked")
 MODELS = ("resnet18", "mlp", "cnn")
 ONEDNN_METHODS = ("tvm-dispatch-prepacked", "tvm-dispatch-fused")  # for models with convolutions
 
@@ -71,11 +73,16 @@ def main():
     peak = d2ltvm.peak_gflops(target)
     summary = []
     for name in args.models:
-        database_dir = d2ltvm.shipped_tuning_database(name, target)
-        if database_dir is None and "tvm-tuned" in args.methods:
-            print(f"notice: no shipped {name} database for {d2ltvm.isa_class(target)}: tvm-tuned "
-                  f"left out; tune one with `{d2ltvm.TUNE_COMMAND.format(model=name)}`",
-                  file=sys.stderr, flush=True)
+        databases = {"tvm-tuned": d2ltvm.shipped_tuning_database(name, target),
+                     "tvm-tuned-blocked": (d2ltvm.shipped_tuning_database(name + "-blocked", target)
+                                           if name == "resnet18" else None)}
+        for method, model_name in (("tvm-tuned", name), ("tvm-tuned-blocked", name + "-blocked")):
+            if databases[method] is None and method in args.methods and (
+                    method == "tvm-tuned" or name == "resnet18"):
+                print(f"notice: no shipped {model_name} database for {d2ltvm.isa_class(target)}: "
+                      f"{method} left out; tune one with "
+                      f"`{d2ltvm.TUNE_COMMAND.format(model=model_name)}`",
+                      file=sys.stderr, flush=True)
         for w in d2ltvm.performance_workloads(name):
             model, x = w["model"], w["input"]
             x_tvm = tvm.runtime.tensor(x.numpy())
@@ -93,12 +100,16 @@ def main():
                 "tvm-dispatch-fused": lambda: d2ltvm.compile_relax(
                     d2ltvm.fuse_onednn_post_ops(d2ltvm.dispatch_to_onednn(folded[0])), folded[1],
                     target=target, pipeline=d2ltvm.dispatch_pipeline()),
-                "tvm-tuned": lambda: d2ltvm.compile_tuned(w["mod"], w["weights"], database_dir,
-                                                          target, name),
+                "tvm-tuned": lambda: d2ltvm.compile_tuned(w["mod"], w["weights"],
+                                                          databases["tvm-tuned"], target, name),
+                "tvm-tuned-blocked": lambda: d2ltvm.compile_tuned(
+                    d2ltvm.block_conv_layout(w["mod"], w["weights"],
+                                             d2ltvm.conv_block_size(target)), [],
+                    databases["tvm-tuned-blocked"], target, name + "-blocked"),
             }
             methods = [m for m in args.methods if (m != "tvm-dispatch-bnfold" or name == "resnet18")
                        and (m not in ONEDNN_METHODS or (name != "mlp" and has_onednn))
-                       and (m != "tvm-tuned" or database_dir is not None)]
+                       and (m not in databases or databases[m] is not None)]
             # ResNet-18 with its BatchNorms folded into the convolutions (the CNN has none)
             folded = (d2ltvm.torch_to_relax(d2ltvm.fold_batchnorm(model), x) if name == "resnet18"
                       else (w["mod"], w["weights"]))

@@ -3,6 +3,7 @@
 Usage (from the repository root):
 
     python tools/tune_resnet18.py --model resnet18 --trials 2000
+    python tools/tune_resnet18.py --model resnet18-blocked --trials 700
     python tools/tune_resnet18.py --model mlp --trials 64
     python tools/tune_resnet18.py --model cnn --trials 128 --trials-per-iter 8
 
@@ -43,13 +44,17 @@ ROOT = pathlib.Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 
-def build_workloads(model_name):
-    """Return a list of (label, relax module) to tune for MODEL_NAME."""
+def build_workloads(model_name, target):
+    """Return a list of (label, relax module) to tune for MODEL_NAME on TARGET; resnet18-blocked
+    is ResNet-18 with its convolutions in the blocked layout of TARGET's vector width."""
     import d2ltvm
-    import torch
-    if hasattr(d2ltvm, "performance_workloads"):
-        return [(w["label"], w["mod"]) for w in d2ltvm.performance_workloads(model_name)]
-    raise SystemExit("d2ltvm.performance_workloads is missing: run tools/sync_package.py")
+    if not hasattr(d2ltvm, "block_conv_layout"):
+        raise SystemExit("d2ltvm is older than the notebooks: run tools/sync_package.py")
+    if model_name == "resnet18-blocked":
+        block = d2ltvm.conv_block_size(target)
+        return [(w["label"], d2ltvm.block_conv_layout(w["mod"], w["weights"], block))
+                for w in d2ltvm.performance_workloads("resnet18")]
+    return [(w["label"], w["mod"]) for w in d2ltvm.performance_workloads(model_name)]
 
 
 def build_candidate(mod, target, _params):
@@ -147,7 +152,8 @@ def tuning_progress(work_dir, tasks, step=50):
 def main():
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--model", choices=["resnet18", "mlp", "cnn"], default="resnet18")
+    parser.add_argument("--model", choices=["resnet18", "resnet18-blocked", "mlp", "cnn"],
+                        default="resnet18")
     parser.add_argument("--trials", type=int, default=600,
                         help="trials for each workload (batch size) in this run (0: only compact)")
     parser.add_argument("--trials-per-iter", type=int, default=16)
@@ -189,7 +195,7 @@ def main():
         return sum(1 for line in open(path) if line.strip()) if path.exists() else 0
 
     records_before, start = measured(), time.time()
-    workloads = build_workloads(args.model)
+    workloads = build_workloads(args.model, target)
     all_tasks = []
     for label, mod in workloads:
         prepared = d2ltvm.prepare_for_tuning(mod, target)
