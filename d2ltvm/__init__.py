@@ -965,6 +965,15 @@ def block_conv_layout(mod, weights, block):
 
 # ----------------------------------------------------------------------
 # Defined in chapters/performance/performance.ipynb
+def blocked_workload(workload, target):
+    """WORKLOAD (from performance_workloads) with its convolutions in TARGET's blocked layout
+    and its weights inside the module."""
+    block = conv_block_size(target)
+    mod = block_conv_layout(workload["mod"], workload["weights"], block)
+    return {**workload, "mod": mod, "weights": []}
+
+# ----------------------------------------------------------------------
+# Defined in chapters/performance/performance.ipynb
 import tempfile
 
 

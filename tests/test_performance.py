@@ -28,11 +28,6 @@ def tuned_build(w, model):
     return d2ltvm.compile_tuned(w["mod"], w["weights"], avx512, model=model, any_class=True)
 
 
-def blocked(w, block):
-    """Workload W with its convolutions in the blocked layout (its weights bound as constants)."""
-    return {**w, "mod": d2ltvm.block_conv_layout(w["mod"], w["weights"], block), "weights": []}
-
-
 @pytest.fixture(scope="module")
 def resnet():
     return d2ltvm.performance_workloads("resnet18")[0]
@@ -62,8 +57,8 @@ def test_shipped_database_covers_every_task(database, request):
     model = database.name.split("_")[0]
     target = d2ltvm.database_target(database)
     workloads = {"resnet18": lambda: [request.getfixturevalue("resnet")],
-                 "resnet18-blocked": lambda: [blocked(request.getfixturevalue("resnet"),
-                                                      d2ltvm.conv_block_size(target))],
+                 "resnet18-blocked": lambda: [d2ltvm.blocked_workload(
+                     request.getfixturevalue("resnet"), target)],
                  "mlp": lambda: request.getfixturevalue("mlps"),
                  "cnn": lambda: request.getfixturevalue("cnns")}[model]()
     for w in workloads:
@@ -820,9 +815,9 @@ def test_block_conv_layout_blocks_every_convolution_but_the_stem(resnet, resnet_
 def test_tuned_blocked_resnet18_matches_torch(resnet, resnet_reference):
     # the AVX2 database (blocks of 8) applied on any CPU: correct everywhere, fast only on its class
     folder = ROOT / "data" / "tuning" / "resnet18-blocked_x86-64-avx2"
-    block = d2ltvm.conv_block_size(d2ltvm.database_target(folder))
-    mod = d2ltvm.block_conv_layout(resnet["mod"], resnet["weights"], block)
-    compiled = d2ltvm.compile_tuned(mod, [], folder, model="resnet18-blocked", any_class=True)
+    blocked = d2ltvm.blocked_workload(resnet, d2ltvm.database_target(folder))
+    compiled = d2ltvm.compile_tuned(blocked["mod"], blocked["weights"], folder,
+                                    model="resnet18-blocked", any_class=True)
     np.testing.assert_allclose(compiled(resnet["input"].numpy()), resnet_reference, **TOLERANCE)
 
 

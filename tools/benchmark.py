@@ -22,7 +22,7 @@ Everything is compiled for d2ltvm.host_target() (this machine, or $D2LTVM_TARGET
 the database in data/tuning/ made for this machine's class of CPU (d2ltvm.isa_class); where the
 book ships none, that method is left out with a notice on stderr naming the command that tunes one.
 tvm-tuned-blocked (ResNet-18 only) is the same with the convolutions in a blocked layout
-(d2ltvm.block_conv_layout) and the resnet18-blocked database.
+(d2ltvm.blocked_workload) and the resnet18-blocked database.
 """
 import argparse
 import pathlib
@@ -37,6 +37,7 @@ METHODS = ("tvm-untuned", "tvm-dispatch", "tvm-dispatch-bnfold", "tvm-dispatch-p
            "tvm-dispatch-fused", "tvm-tuned", "tvm-tuned-blocked")
 MODELS = ("resnet18", "mlp", "cnn")
 ONEDNN_METHODS = ("tvm-dispatch-prepacked", "tvm-dispatch-fused")  # for models with convolutions
+TUNED_METHODS = ("tvm-tuned", "tvm-tuned-blocked")  # need a database shipped for this class
 
 
 def main():
@@ -73,12 +74,13 @@ def main():
     peak = d2ltvm.peak_gflops(target)
     summary = []
     for name in args.models:
-        databases = {"tvm-tuned": d2ltvm.shipped_tuning_database(name, target),
-                     "tvm-tuned-blocked": (d2ltvm.shipped_tuning_database(name + "-blocked", target)
-                                           if name == "resnet18" else None)}
-        for method, model_name in (("tvm-tuned", name), ("tvm-tuned-blocked", name + "-blocked")):
-            if databases[method] is None and method in args.methods and (
-                    method == "tvm-tuned" or name == "resnet18"):
+        tuned_models = {"tvm-tuned": name}  # method -> the database it compiles with
+        if name == "resnet18":  # the blocked layout is made for ResNet-18's convolutions
+            tuned_models["tvm-tuned-blocked"] = name + "-blocked"
+        databases = {method: d2ltvm.shipped_tuning_database(model_name, target)
+                     for method, model_name in tuned_models.items()}
+        for method, model_name in tuned_models.items():
+            if databases[method] is None and method in args.methods:
                 print(f"notice: no shipped {model_name} database for {d2ltvm.isa_class(target)}: "
                       f"{method} left out; tune one with "
                       f"`{d2ltvm.TUNE_COMMAND.format(model=model_name)}`",
@@ -103,16 +105,17 @@ def main():
                 "tvm-tuned": lambda: d2ltvm.compile_tuned(w["mod"], w["weights"],
                                                           databases["tvm-tuned"], target, name),
                 "tvm-tuned-blocked": lambda: d2ltvm.compile_tuned(
-                    d2ltvm.block_conv_layout(w["mod"], w["weights"],
-                                             d2ltvm.conv_block_size(target)), [],
-                    databases["tvm-tuned-blocked"], target, name + "-blocked"),
+                    blocked["mod"], blocked["weights"], databases["tvm-tuned-blocked"], target,
+                    name + "-blocked"),
             }
             methods = [m for m in args.methods if (m != "tvm-dispatch-bnfold" or name == "resnet18")
                        and (m not in ONEDNN_METHODS or (name != "mlp" and has_onednn))
-                       and (m not in databases or databases[m] is not None)]
+                       and (m not in TUNED_METHODS or databases.get(m) is not None)]
             # ResNet-18 with its BatchNorms folded into the convolutions (the CNN has none)
             folded = (d2ltvm.torch_to_relax(d2ltvm.fold_batchnorm(model), x) if name == "resnet18"
                       else (w["mod"], w["weights"]))
+            if "tvm-tuned-blocked" in methods:
+                blocked = d2ltvm.blocked_workload(w, target)
             variants = {m: builders[m]() for m in methods}
             with torch.no_grad():
                 expected = model(x).numpy()

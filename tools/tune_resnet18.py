@@ -3,7 +3,7 @@
 Usage (from the repository root):
 
     python tools/tune_resnet18.py --model resnet18 --trials 2000
-    python tools/tune_resnet18.py --model resnet18-blocked --trials 700
+    python tools/tune_resnet18.py --model resnet18-blocked --trials 600
     python tools/tune_resnet18.py --model mlp --trials 64
     python tools/tune_resnet18.py --model cnn --trials 128 --trials-per-iter 8
 
@@ -48,11 +48,10 @@ def build_workloads(model_name, target):
     """Return a list of (label, relax module) to tune for MODEL_NAME on TARGET; resnet18-blocked
     is ResNet-18 with its convolutions in the blocked layout of TARGET's vector width."""
     import d2ltvm
-    if not hasattr(d2ltvm, "block_conv_layout"):
+    if not hasattr(d2ltvm, "blocked_workload"):
         raise SystemExit("d2ltvm is older than the notebooks: run tools/sync_package.py")
     if model_name == "resnet18-blocked":
-        block = d2ltvm.conv_block_size(target)
-        return [(w["label"], d2ltvm.block_conv_layout(w["mod"], w["weights"], block))
+        return [(w["label"], d2ltvm.blocked_workload(w, target)["mod"])
                 for w in d2ltvm.performance_workloads("resnet18")]
     return [(w["label"], w["mod"]) for w in d2ltvm.performance_workloads(model_name)]
 
