@@ -2463,14 +2463,14 @@ def open_tuning_database(folder, model="resnet18"):
 
 # ----------------------------------------------------------------------
 # Defined in chapters/appendix/measuring.ipynb
-def compact_tuning_database(work_dir, out_dir):
+def compact_tuning_database(work_dir, out_dir, chosen=None):
     """Write the best record of every workload of the database in WORK_DIR, gzipped, to OUT_DIR;
-    return the number of records written."""
+    return the number of records written. CHOSEN ({workload hash: record}) overrides the best."""
     import gzip
     import shutil
     from tvm.s_tir import meta_schedule as ms
     import tvm_ffi
-    source = open_tuning_database(work_dir)
+    source, chosen = open_tuning_database(work_dir), chosen or {}
     out_dir = pathlib.Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory() as scratch:
@@ -2481,7 +2481,7 @@ def compact_tuning_database(work_dir, out_dir):
             if key in seen:
                 continue
             seen.add(key)
-            best = source.get_top_k(record.workload, 1)
+            best = [chosen[key]] if key in chosen else source.get_top_k(record.workload, 1)
             if best:
                 workload = compact.commit_workload(record.workload.mod)
                 compact.commit_tuning_record(ms.database.TuningRecord(

@@ -501,6 +501,63 @@ def test_compact_database_keeps_best_record(tmp_path):
         assert sum(float(t) for t in record.run_secs) == pytest.approx(best)
 
 
+def test_compact_database_writes_the_chosen_records(tmp_path):
+    import tvm_ffi
+    from tvm.s_tir import meta_schedule as ms
+    source = d2ltvm.open_tuning_database(MLP_DB)
+    first = source.get_all_tuning_records()[0]
+    key = tvm_ffi.structural_hash(first.workload.mod)
+    chosen = {key: ms.database.TuningRecord(first.trace, first.workload, [0.5], first.target,
+                                            first.args_info)}
+    d2ltvm.compact_tuning_database(MLP_DB, tmp_path, chosen)
+    times = {tvm_ffi.structural_hash(r.workload.mod): [float(t) for t in r.run_secs]
+             for r in d2ltvm.open_tuning_database(tmp_path).get_all_tuning_records()}
+    assert times[key] == [0.5] and len(times) == len(source.get_all_tuning_records())
+
+
+def test_confirm_sees_through_a_lucky_measurement(mlps, tmp_path):
+    """A record of the unscheduled loop nest with a lucky (tiny) time tops the search's ranking;
+    timed again, the tuned schedule wins and is the one shipped."""
+    import shutil
+    import tune_resnet18
+    import tvm_ffi
+    from tvm import s_tir
+    from tvm.s_tir import meta_schedule as ms
+    shipped = d2ltvm.shipped_tuning_database("mlp")
+    if shipped is None:
+        pytest.skip(f"the book ships no MLP database for {d2ltvm.isa_class(d2ltvm.host_target())}")
+    plain = d2ltvm.tuning_database_folder(shipped, "mlp")
+    for name in d2ltvm.DATABASE_FILES:
+        shutil.copyfile(plain / name, tmp_path / name)
+    target = d2ltvm.database_target(shipped)
+    tasks = ms.relax_integration.extract_tasks(d2ltvm.prepare_for_tuning(mlps[-1]["mod"], target),
+                                               target)
+    task = next(t for t in tasks if "matmul" in t.task_name)  # batch 64: 64 x 784 x 128
+    database = d2ltvm.open_tuning_database(tmp_path, "mlp")
+    workload = database.commit_workload(task.dispatched[0])
+    (tuned,) = database.get_top_k(workload, 1)
+    # the loop nest as it is: a trace that only looks up the loops (the database ignores records
+    # whose trace is empty)
+    sch = s_tir.Schedule(task.dispatched[0])
+    sch.get_loops(sch.get_child_blocks(sch.get_sblock("root"))[0])
+    naive = sch.trace
+    database.commit_tuning_record(ms.database.TuningRecord(naive, workload, [1e-9], tuned.target,
+                                                           tuned.args_info))
+    (lucky,) = d2ltvm.open_tuning_database(tmp_path, "mlp").get_top_k(workload, 1)
+    assert str(lucky.trace) == str(naive) and "parallel" not in str(naive)
+    chosen, report = tune_resnet18.confirm_best_records(tmp_path, [task], target, top_k=2,
+                                                        passes=2, repeat=3)
+    key = tvm_ffi.structural_hash(workload.mod)
+    ((name, weight, searched, confirmed, rank),) = report
+    assert list(chosen) == [key] and name == task.task_name and rank == 1
+    assert searched == pytest.approx(1e-6) and confirmed > 1e-3  # milliseconds
+    assert str(chosen[key].trace) == str(tuned.trace)
+    assert [float(t) * 1e3 for t in chosen[key].run_secs] == [pytest.approx(confirmed)]
+    d2ltvm.compact_tuning_database(tmp_path, tmp_path / "out", chosen)
+    shipped_now = d2ltvm.open_tuning_database(tmp_path / "out", "mlp").get_top_k(workload, 1)
+    assert str(shipped_now[0].trace) == str(tuned.trace)
+
+
 def test_benchmark_table_ratios():
     rows = d2ltvm.benchmark_table("resnet18 batch1", {"torch": 0.015, "tvm-tuned": 0.030, "tvm-dispatch": 0.0147})
     assert [r["method"] for r in rows] == ["torch", "tvm-tuned", "tvm-dispatch"]
