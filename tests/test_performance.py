@@ -285,7 +285,7 @@ def test_compile_tuned_refuses_another_class_clearly(resnet):
 
 
 SHIPPED_CLASSES = {"resnet18": {"x86-64-avx512", "x86-64-avx2"},
-                   "resnet18-blocked": {"x86-64-avx2"},
+                   "resnet18-blocked": {"x86-64-avx512", "x86-64-avx2"},
                    "mlp": {"x86-64-avx512", "x86-64-avx2"},
                    "cnn": {"x86-64-avx512", "x86-64-avx2"}}
 
@@ -869,9 +869,11 @@ def test_block_conv_layout_blocks_every_convolution_but_the_stem(resnet, resnet_
     np.testing.assert_allclose(compiled(resnet["input"].numpy()), resnet_reference, **TOLERANCE)
 
 
-def test_tuned_blocked_resnet18_matches_torch(resnet, resnet_reference):
-    # the AVX2 database (blocks of 8) applied on any CPU: correct everywhere, fast only on its class
-    folder = ROOT / "data" / "tuning" / "resnet18-blocked_x86-64-avx2"
+@pytest.mark.parametrize("folder", sorted((ROOT / "data" / "tuning").glob("resnet18-blocked_*")),
+                         ids=lambda p: p.name)
+def test_tuned_blocked_resnet18_matches_torch(resnet, resnet_reference, folder):
+    # each blocked database (blocks of 8 or 16) applied on any CPU: correct everywhere, fast only
+    # on its class
     blocked = d2ltvm.blocked_workload(resnet, d2ltvm.database_target(folder))
     compiled = d2ltvm.compile_tuned(blocked["mod"], blocked["weights"], folder,
                                     model="resnet18-blocked", any_class=True)
