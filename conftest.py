@@ -80,7 +80,19 @@ def _onednn_missing():
     return None
 
 
-CELL_REQUIREMENTS = {"requires-mxnet": _mxnet_missing, "requires-onednn": _onednn_missing}
+def _libdnnl_missing():
+    if _onednn_missing():
+        return _onednn_missing()
+    import d2ltvm
+    try:
+        d2ltvm.onednn_library()
+    except RuntimeError as err:
+        return f"{err}: the route that calls oneDNN directly is skipped"
+    return None
+
+
+CELL_REQUIREMENTS = {"requires-mxnet": _mxnet_missing, "requires-onednn": _onednn_missing,
+                     "requires-libdnnl": _libdnnl_missing}
 
 
 def pytest_collection_modifyitems(config, items):

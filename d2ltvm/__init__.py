@@ -2390,6 +2390,403 @@ def written_shape(callee, args, result):
 
 # ----------------------------------------------------------------------
 # Defined in chapters/appendix/measuring.ipynb
+import ctypes
+import sys
+import sysconfig
+
+ONEDNN_WHEEL = "onednn-cpu-gomp==2023.2.0"  # oneDNN 3.2's C library, for Linux x86-64
+_LIBDNNL = []  # (library, engine, stream), once loaded
+
+
+def onednn_library():
+    """Load oneDNN's C library (libdnnl.so.3, from the onednn-cpu-gomp wheel) once; return it
+    with a CPU engine and a stream. Raise a RuntimeError naming the wheel where it is missing."""
+    if _LIBDNNL:
+        return _LIBDNNL[0]
+    import site
+    import torch  # noqa: F401  first: libdnnl then shares PyTorch's OpenMP runtime (libgomp)
+    folders = [sys.prefix, sysconfig.get_path("data"), site.getuserbase()]
+    found = [pathlib.Path(f) / "lib" / "libdnnl.so.3" for f in folders]
+    found = [path for path in found if path.is_file()]
+    if not found:
+        raise RuntimeError(
+            f"oneDNN's C library (libdnnl.so.3) is not installed: `pip install {ONEDNN_WHEEL}` "
+            "(wheels exist for Linux x86-64 only); elsewhere use fuse_onednn_post_ops' "
+            "route through PyTorch")
+    lib = ctypes.CDLL(str(found[0]), mode=ctypes.RTLD_GLOBAL)  # global: for TVM's compiled code
+    handle = ctypes.c_void_p
+    lib.dnnl_primitive_desc_query_md.restype = handle
+    lib.dnnl_primitive_desc_query_md.argtypes = [handle, ctypes.c_int, ctypes.c_int]
+    lib.dnnl_memory_set_data_handle.argtypes = [handle, handle]
+    lib.dnnl_primitive_execute.argtypes = [handle, handle, ctypes.c_int, handle]
+    lib.dnnl_stream_wait.argtypes = [handle]
+    engine, stream = handle(), handle()
+    onednn_check(lib.dnnl_engine_create(ctypes.byref(engine), 1, 0), "creating a CPU engine")
+    onednn_check(lib.dnnl_stream_create(ctypes.byref(stream), engine, 1), "creating a stream")
+    _LIBDNNL.append((lib, engine, stream))
+    return _LIBDNNL[0]
+
+# ----------------------------------------------------------------------
+# Defined in chapters/appendix/measuring.ipynb
+# Values of oneDNN 3.x's C enums (oneapi/dnnl/dnnl_types.h, dnnl_common_types.h)
+DNNL = {"f32": 3, "format_any": 1, "forward_inference": 96, "convolution_direct": 1,
+        "eltwise_relu": 0x20, "binary_add": 0x1fff0, "query_impl_info_str": 8,
+        "query_weights_md": 131, "arg_src": 1, "arg_src_1": 2, "arg_dst": 17,
+        "arg_weights": 33, "arg_bias": 41, "arg_post_op_0": 32768, "pooling_max": 0x1ff}
+_DIMS = ctypes.c_int64 * 12  # dnnl_dims_t
+
+
+class _ExecArg(ctypes.Structure):
+    _fields_ = [("arg", ctypes.c_int), ("memory", ctypes.c_void_p)]  # dnnl_exec_arg_t
+
+
+def onednn_check(status, what):
+    """Raise a RuntimeError saying WHAT failed where a oneDNN C function returned an error."""
+    if status != 0:  # dnnl_success is 0; dnnl_status_t in oneapi/dnnl/dnnl_common_types.h
+        raise RuntimeError(f"oneDNN failed {what} (dnnl_status_t {status})")
+
+# ----------------------------------------------------------------------
+# Defined in chapters/appendix/measuring.ipynb
+def onednn_memory_desc(dims, strides=None):
+    """A oneDNN float32 memory descriptor of DIMS laid out with STRIDES (in elements), or in
+    the layout the primitive prefers where STRIDES is None."""
+    lib, _, _ = onednn_library()
+    desc = ctypes.c_void_p()
+    if strides is None:
+        status = lib.dnnl_memory_desc_create_with_tag(ctypes.byref(desc), len(dims), _DIMS(*dims),
+                                                      DNNL["f32"], DNNL["format_any"])
+    else:
+        status = lib.dnnl_memory_desc_create_with_strides(
+            ctypes.byref(desc), len(dims), _DIMS(*dims), DNNL["f32"], _DIMS(*strides))
+    onednn_check(status, f"describing a tensor of shape {tuple(dims)}")
+    return desc
+
+
+def nhwc_memory_desc(n, c, h, w):
+    """The memory descriptor of an NHWC tensor: oneDNN's dimensions are always N, C, H, W."""
+    return onednn_memory_desc((n, c, h, w), (h * w * c, 1, w * c, c))
+
+
+def onednn_memory(desc, pointer=None):
+    """A oneDNN memory object of DESC over POINTER (set later where None; -1: oneDNN allocates)."""
+    lib, engine, _ = onednn_library()
+    memory = ctypes.c_void_p()
+    onednn_check(lib.dnnl_memory_create(ctypes.byref(memory), desc, engine,
+                                        ctypes.c_void_p(pointer)), "creating a memory object")
+    return memory
+
+# ----------------------------------------------------------------------
+# Defined in chapters/appendix/measuring.ipynb
+def onednn_conv2d_primitive(weight_shape, data_shape, strides, padding, dilation, groups,
+                            unary, add):
+    """(primitive descriptor, NHWC output shape) of a oneDNN float32 convolution of an NHWC input
+    by OHWI weights plus a bias, then + an NHWC tensor (if ADD), then UNARY ("relu" or "none")."""
+    lib, engine, _ = onednn_library()
+    (o, kh, kw, i), (n, h, w, c) = weight_shape, data_shape
+    oh, ow = ((size + 2 * pad - d * (k - 1) - 1) // s + 1 for size, pad, d, k, s
+              in zip((h, w), padding, dilation, (kh, kw), strides))
+    out = nhwc_memory_desc(n, o, oh, ow)
+    post_ops, attr, desc = ctypes.c_void_p(), ctypes.c_void_p(), ctypes.c_void_p()
+    onednn_check(lib.dnnl_post_ops_create(ctypes.byref(post_ops)), "creating post-ops")
+    if add:  # a binary post-op reads the other tensor from its own memory object
+        onednn_check(lib.dnnl_post_ops_append_binary(post_ops, DNNL["binary_add"], out),
+                     "appending the addition")
+    if unary == "relu":
+        onednn_check(lib.dnnl_post_ops_append_eltwise(post_ops, DNNL["eltwise_relu"],
+                                                      ctypes.c_float(0), ctypes.c_float(0)),
+                     "appending the ReLU")
+    onednn_check(lib.dnnl_primitive_attr_create(ctypes.byref(attr)), "creating attributes")
+    onednn_check(lib.dnnl_primitive_attr_set_post_ops(attr, post_ops), "setting the post-ops")
+    weights = (groups, o // groups, i, kh, kw) if groups > 1 else (o, i, kh, kw)
+    onednn_check(lib.dnnl_convolution_forward_primitive_desc_create(
+        ctypes.byref(desc), engine, DNNL["forward_inference"], DNNL["convolution_direct"],
+        nhwc_memory_desc(n, c, h, w), onednn_memory_desc(weights),
+        onednn_memory_desc((o,), (1,)), out, _DIMS(*strides),
+        _DIMS(*(d - 1 for d in dilation)), _DIMS(*padding), _DIMS(*padding), attr),
+        f"describing a convolution of {data_shape} by {weight_shape}")
+    name = ctypes.c_char_p()
+    lib.dnnl_primitive_desc_query(desc, DNNL["query_impl_info_str"], 0, ctypes.byref(name))
+    if name.value.startswith(b"ref"):  # oneDNN's plain C++ loops: correct, but very slow
+        raise RuntimeError(f"oneDNN has only its reference implementation ({name.value.decode()})"
+                           f" for a convolution of {data_shape} by {weight_shape} here")
+    return desc, (n, oh, ow, o)
+
+# ----------------------------------------------------------------------
+# Defined in chapters/appendix/measuring.ipynb
+def ohwi_memory_desc(shape, groups):
+    """The memory descriptor of OHWI convolution weights of SHAPE (with I per group)."""
+    o, kh, kw, i = shape
+    if groups == 1:
+        return onednn_memory_desc((o, i, kh, kw), (kh * kw * i, 1, kw * i, i))
+    return onednn_memory_desc((groups, o // groups, i, kh, kw),
+                              (o // groups * kh * kw * i, kh * kw * i, 1, kw * i, i))
+
+
+def onednn_primitive(desc):
+    """Create the primitive of a oneDNN primitive descriptor."""
+    lib, _, _ = onednn_library()
+    primitive = ctypes.c_void_p()
+    onednn_check(lib.dnnl_primitive_create(ctypes.byref(primitive), desc), "creating a primitive")
+    return primitive
+
+
+def onednn_execute(primitive, args):
+    """Execute PRIMITIVE with ARGS ({DNNL_ARG_* number: memory object}) and wait for it."""
+    lib, _, stream = onednn_library()
+    exec_args = (_ExecArg * len(args))(*(_ExecArg(k, v) for k, v in args.items()))
+    onednn_check(lib.dnnl_primitive_execute(primitive, stream, len(args), exec_args),
+                 "executing a primitive")
+    onednn_check(lib.dnnl_stream_wait(stream), "waiting for a primitive")
+
+
+def onednn_reorder(source, source_desc, target, target_desc):
+    """Copy memory object SOURCE into TARGET, converting between their layouts."""
+    lib, engine, _ = onednn_library()
+    desc = ctypes.c_void_p()
+    onednn_check(lib.dnnl_reorder_primitive_desc_create(ctypes.byref(desc), source_desc, engine,
+                                                        target_desc, engine, None),
+                 "describing a reorder")
+    reorder = onednn_primitive(desc)
+    onednn_execute(reorder, {DNNL["arg_src"]: source, DNNL["arg_dst"]: target})
+    lib.dnnl_primitive_destroy(reorder)
+
+# ----------------------------------------------------------------------
+# Defined in chapters/appendix/measuring.ipynb
+class OneDNNKernel:
+    """A oneDNN primitive made once for fixed shapes, with the memory objects through which each
+    call hands it TVM's tensors (its operands, in the order compute takes them)."""
+
+    def __init__(self, desc, operands, bound=None, keep=()):
+        # operands: [(DNNL_ARG_* number, memory descriptor)]; bound: {number: memory object}
+        # set once (weights, bias); keep: Python objects whose memory those point into
+        self.lib, _, self.stream = onednn_library()
+        self.operands = [onednn_memory(operand) for _, operand in operands]
+        self.memories, self.keep = [*(bound or {}).values(), *self.operands], keep
+        args = {**(bound or {}), **dict(zip([number for number, _ in operands], self.operands))}
+        self.args = (_ExecArg * len(args))(*(_ExecArg(k, v) for k, v in args.items()))
+        self.primitive = onednn_primitive(desc)  # lives as long as the process (a few kB)
+
+    def compute(self, *tensors):
+        """Run the primitive on TENSORS (TVM tensors, one per operand; outputs included)."""
+        for memory, tensor in zip(self.operands, tensors):
+            self.lib.dnnl_memory_set_data_handle(memory, tensor.data_ptr())
+        onednn_check(self.lib.dnnl_primitive_execute(self.primitive, self.stream, len(self.args),
+                                                     self.args), "running a primitive")
+        self.lib.dnnl_stream_wait(self.stream)
+
+    def __del__(self):  # oneDNN's objects are not Python's: give them back
+        for memory in getattr(self, "memories", []):
+            self.lib.dnnl_memory_destroy(memory)
+
+# ----------------------------------------------------------------------
+# Defined in chapters/appendix/measuring.ipynb
+def onednn_conv2d(weight, bias, data_shape, strides, padding, dilation, groups, unary, add):
+    """A OneDNNKernel computing conv2d(data NHWC, OHWI WEIGHT) + BIAS [+ other NHWC] then UNARY:
+    compute(data, [other,] out). WEIGHT and BIAS (TVM tensors) are copied in once."""
+    lib, _, _ = onednn_library()
+    desc, out_shape = onednn_conv2d_primitive(tuple(weight.shape), data_shape, strides, padding,
+                                              dilation, groups, unary, add)
+    ohwi, packed_desc = ohwi_memory_desc(tuple(weight.shape), groups), ctypes.c_void_p(
+        lib.dnnl_primitive_desc_query_md(desc, DNNL["query_weights_md"], 0))
+    packed = onednn_memory(packed_desc, 2**64 - 1)  # -1: oneDNN allocates the memory
+    plain = onednn_memory(ohwi, weight.data_ptr())
+    onednn_reorder(plain, ohwi, packed, packed_desc)  # the weights, in oneDNN's layout
+    lib.dnnl_memory_destroy(plain)
+    bias = np.array(bias.numpy(), dtype="float32")  # our own copy, kept by the kernel
+    n, h, w, c = data_shape
+    operands = [(DNNL["arg_src"], nhwc_memory_desc(n, c, h, w))]
+    if add:  # the binary post-op's input: DNNL_ARG_ATTR_MULTIPLE_POST_OP(0) | DNNL_ARG_SRC_1
+        operands.append((DNNL["arg_post_op_0"] | DNNL["arg_src_1"], nhwc_memory_desc(
+            out_shape[0], out_shape[3], *out_shape[1:3])))
+    operands.append((DNNL["arg_dst"], nhwc_memory_desc(out_shape[0], out_shape[3],
+                                                       *out_shape[1:3])))
+    bound = {DNNL["arg_weights"]: packed,
+             DNNL["arg_bias"]: onednn_memory(onednn_memory_desc(bias.shape, (1,)),
+                                             bias.ctypes.data)}
+    return OneDNNKernel(desc, operands, bound, keep=[bias])
+
+# ----------------------------------------------------------------------
+# Defined in chapters/appendix/measuring.ipynb
+def strided_memory_desc(shape, axes=None):
+    """The descriptor of a row-major tensor of SHAPE, or of its view with its AXES permuted."""
+    strides = [int(np.prod(shape[k + 1:])) for k in range(len(shape))]
+    axes = axes or range(len(shape))
+    return onednn_memory_desc([shape[a] for a in axes], [strides[a] for a in axes])
+
+
+def onednn_transpose(shape, axes):
+    """A OneDNNKernel computing permute_dims(data of SHAPE, AXES): compute(data, out)."""
+    lib, engine, _ = onednn_library()
+    out_shape = [shape[a] for a in axes]
+    source, target = strided_memory_desc(shape, axes), strided_memory_desc(out_shape)
+    desc = ctypes.c_void_p()
+    onednn_check(lib.dnnl_reorder_primitive_desc_create(ctypes.byref(desc), source, engine,
+                                                        target, engine, None),
+                 f"describing a transpose of {tuple(shape)} by {tuple(axes)}")
+    return OneDNNKernel(desc, [(DNNL["arg_src"], source), (DNNL["arg_dst"], target)])
+
+
+def onednn_max_pool2d(data_shape, pool_size, strides, padding, dilation):
+    """A OneDNNKernel computing max_pool2d of NHWC data (symmetric PADDING): compute(data, out)."""
+    lib, engine, _ = onednn_library()
+    n, h, w, c = data_shape
+    oh, ow = ((size + 2 * pad - d * (k - 1) - 1) // s + 1 for size, pad, d, k, s
+              in zip((h, w), padding, dilation, pool_size, strides))
+    source, target, desc = nhwc_memory_desc(n, c, h, w), nhwc_memory_desc(n, c, oh, ow), \
+        ctypes.c_void_p()
+    onednn_check(lib.dnnl_pooling_forward_primitive_desc_create(
+        ctypes.byref(desc), engine, DNNL["forward_inference"], DNNL["pooling_max"], source,
+        target, _DIMS(*strides), _DIMS(*pool_size), _DIMS(*(d - 1 for d in dilation)),
+        _DIMS(*padding), _DIMS(*padding), None), f"describing a max pooling of {data_shape}")
+    return OneDNNKernel(desc, [(DNNL["arg_src"], source), (DNNL["arg_dst"], target)])
+
+# ----------------------------------------------------------------------
+# Defined in chapters/appendix/measuring.ipynb
+def onednn_matmul(m, k, n):
+    """A OneDNNKernel computing the (M, K) x (K, N) matrix product: compute(a, b, out)."""
+    lib, engine, _ = onednn_library()
+    a, b, out = (strided_memory_desc(shape) for shape in ((m, k), (k, n), (m, n)))
+    desc = ctypes.c_void_p()
+    onednn_check(lib.dnnl_matmul_primitive_desc_create(ctypes.byref(desc), engine, a, b, None,
+                                                       out, None),
+                 f"describing a matrix product {m}x{k} by {k}x{n}")
+    return OneDNNKernel(desc, [(DNNL["arg_src"], a), (DNNL["arg_weights"], b),
+                               (DNNL["arg_dst"], out)])
+
+# ----------------------------------------------------------------------
+# Defined in chapters/appendix/measuring.ipynb
+class _KernelHandles(np.ndarray):
+    """An int64 array that keeps the OneDNNKernel its values point into alive."""
+
+
+def onednn_handles(kernel):
+    """A TVM int64 tensor: the addresses of KERNEL's primitive, stream and argument list, the
+    argument count, and its operands' memory objects; it keeps KERNEL alive."""
+    values = [kernel.primitive.value, kernel.stream.value, ctypes.addressof(kernel.args),
+              len(kernel.args), *(memory.value for memory in kernel.operands)]
+    raw = np.zeros(len(values) + 8, dtype="int64")
+    start = (-raw.ctypes.data % 64) // 8  # TVM takes tensors aligned to 64 bytes
+    handles = raw[start:start + len(values)].view(_KernelHandles)
+    handles[:], handles.kernel = values, kernel
+    return tvm.runtime.from_dlpack(handles)  # shares the array, and so holds the kernel
+
+
+def onednn_extern_func(shapes):
+    """A TensorIR function that runs a OneDNNKernel from compiled code: its arguments are the
+    kernel's operands, of SHAPES, inserted before its handles, then its output."""
+    from tvm import te, tirx
+    *inputs, out_shape = shapes
+    operands = [te.placeholder(s, "float32", name=f"in{k}") for k, s in enumerate(inputs)]
+    handles = te.placeholder((4 + len(shapes),), "int64", name="handles")
+
+    def body(ins, outs):  # dnnl_memory_set_data_handle per operand, then execute and wait
+        h, buffers = ins[-1], [*ins[:-1], outs[0]]
+        calls = [tirx.call_extern("int32", "dnnl_memory_set_data_handle", h[4 + k], b.data)
+                 for k, b in enumerate(buffers)]
+        calls += [tirx.call_extern("int32", "dnnl_primitive_execute", h[0], h[1],
+                                   tirx.Cast("int32", h[3]), h[2]),
+                  tirx.call_extern("int32", "dnnl_stream_wait", h[1])]
+        return tirx.SeqStmt([tirx.Evaluate(call) for call in calls])
+
+    out = te.extern(out_shape, [*operands, handles], body, dtype="float32", name="out")
+    return te.create_prim_func([*operands, handles, out]).without_attr("global_symbol")
+
+# ----------------------------------------------------------------------
+# Defined in chapters/appendix/measuring.ipynb
+_GLUE_KERNELS = {}  # name -> OneDNNKernel, each made once per process
+
+
+def onednn_glue_kernel(call):
+    """(name, kernel, inputs) of a OneDNNKernel computing CALL, a float32 Relax call of known
+    shapes: a 4-D permute_dims, an NHWC max_pool2d or a torch_matmul; else None."""
+    from tvm import relax
+    if not isinstance(call.ty, relax.TensorType) or call.ty.dtype != "float32":
+        return None
+    op, shape, made = call.op, static_shape(call.args[0]) if call.args else None, None
+    if op.same_as(tvm.ir.Op.get("relax.permute_dims")) and shape and len(shape) == 4:
+        axes = [int(a) for a in call.attrs.axes] if call.attrs.axes is not None else [3, 2, 1, 0]
+        made = ("onednn_transpose", lambda: onednn_transpose(shape, axes), call.args[:1],
+                [shape, axes])
+    if op.same_as(tvm.ir.Op.get("relax.nn.max_pool2d")) and shape:
+        a = call.attrs
+        top, left, bottom, right = (int(p) for p in a.padding)
+        sizes = [tuple(int(v) for v in t) for t in (a.pool_size, a.strides, (top, left),
+                                                    a.dilation)]
+        if (a.layout, a.out_layout, bool(a.ceil_mode)) == ("NHWC", "NHWC", False) \
+                and (top, left) == (bottom, right):  # what oneDNN's pooling takes here
+            made = ("onednn_max_pool2d", lambda: onednn_max_pool2d(shape, *sizes),
+                    call.args[:1], [shape, sizes])
+    if op.same_as(tvm.ir.Op.get("relax.call_dps_packed")) \
+            and call.args[0].global_symbol == "d2ltvm.torch_matmul":
+        a, b = call.args[1].fields
+        if static_shape(a) and static_shape(b):
+            (m, k), (_, n) = static_shape(a), static_shape(b)
+            made = ("onednn_matmul", lambda: onednn_matmul(m, k, n), [a, b], [m, k, n])
+    if made is None:
+        return None
+    name, make, inputs, key = made
+    if (name, str(key)) not in _GLUE_KERNELS:
+        _GLUE_KERNELS[name, str(key)] = make()
+    return name, _GLUE_KERNELS[name, str(key)], inputs
+
+# ----------------------------------------------------------------------
+# Defined in chapters/appendix/measuring.ipynb
+def onednn_make_conv2d_kernel(strides, padding, dilation, groups, unary="none", add=False):
+    """Register and name make(weight OHWI, bias, data_shape) -> onednn_handles of the
+    convolution's OneDNNKernel (called once, in main_transform_params)."""
+    strides, padding, dilation, groups, suffix = _conv2d_attributes(strides, padding, dilation,
+                                                                    groups)
+    post_ops = ("_add" if add else "") + ("_relu" if unary == "relu" else "")
+
+    def make(weight, bias, data_shape):
+        return onednn_handles(onednn_conv2d(weight, bias, [int(v) for v in data_shape], strides,
+                                            padding, dilation, groups, unary, add))
+
+    return register_torch_kernel(f"d2ltvm.onednn_make_conv2d{post_ops}.{suffix}", make)
+
+# ----------------------------------------------------------------------
+# Defined in chapters/appendix/measuring.ipynb
+def call_onednn_directly(mod):
+    """Return a copy of MOD (made by fuse_onednn_post_ops) where compiled code calls oneDNN's C
+    library for the convolutions with a bias, the matrix products, max pooling and transposes."""
+    from tvm import relax
+    onednn_library()  # stop here, naming the wheel, where the library is missing
+
+    @relax.expr_functor.mutator
+    class DirectCaller(relax.PyExprMutator):
+        def extern_call(self, name, inputs, handles, out):  # call_tir of onednn_extern_func
+            shapes = [static_shape(x) for x in inputs] + [static_shape(out)]
+            func = onednn_extern_func(shapes).with_attr("d2ltvm.onednn", name)  # kept apart
+            return relax.call_tir(self.builder_.add_func(func, name), [*inputs, handles], out.ty)
+
+        def visit_call_(self, call):
+            call = self.visit_expr_post_order(call)
+            kind, attributes, unary, args = onednn_conv2d_call(call) or (None,) * 4
+            if kind in ("fused", "fused_add"):
+                data, *other, packed, bias = args
+                packing = self.lookup_binding(packed)  # torch_pack_conv2d(weight, data_shape)
+                handles = self.builder_.emit(relax.call_pure_packed(
+                    onednn_make_conv2d_kernel(*attributes, unary, add=bool(other)),
+                    packing.args[1], bias, packing.args[2],
+                    ty_args=relax.TensorType([6 + len(other)], "int64")))
+                name = f"onednn_conv2d{'_add' if other else ''}{'_relu' * (unary == 'relu')}"
+                return self.extern_call(name, [data, *other], handles, call)
+            name, kernel, inputs = onednn_glue_kernel(call) or (None,) * 3
+            if name is None:
+                return call
+            handles = relax.const(onednn_handles(kernel).numpy(), "int64")
+            return self.extern_call(name, inputs, handles, call)
+
+    caller = DirectCaller(mod)  # one mutator: its builder collects the TensorIR functions
+    rewritten = {gvar.name_hint: caller.visit_expr(func) for gvar, func in mod.functions.items()
+                 if isinstance(func, relax.Function)}
+    direct = tvm.IRModule(attrs=mod.attrs)
+    for gvar, func in caller.builder_.get().functions.items():  # the Relax ones rewritten
+        direct[gvar] = rewritten.get(gvar.name_hint, func)
+    return relax.transform.DeadCodeElimination()(direct)  # PyTorch's packing is left unused
+
+# ----------------------------------------------------------------------
+# Defined in chapters/appendix/measuring.ipynb
 import json
 
 

@@ -37,7 +37,8 @@ def test_nbval_markers_are_spelled_so_nbval_sees_them(rel):
                     "put the reason in a comment on the next line")
 
 
-GUARDS = {"requires-mxnet": "if mx is not None", "requires-onednn": "if HAS_ONEDNN"}
+GUARDS = {"requires-mxnet": "if mx is not None", "requires-onednn": "if HAS_ONEDNN",
+          "requires-libdnnl": "if HAS_LIBDNNL"}
 
 
 @pytest.mark.parametrize("rel", NOTEBOOKS, ids=str)

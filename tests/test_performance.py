@@ -18,6 +18,19 @@ needs_onednn = pytest.mark.skipif(
     reason="this PyTorch has no oneDNN (e.g. macOS arm64): the oneDNN dispatch route is skipped")
 
 
+def libdnnl_missing():
+    """Why oneDNN's C library cannot be used here, or None where it can."""
+    try:
+        d2ltvm.onednn_library()
+    except RuntimeError as err:
+        return str(err)
+    return None
+
+
+needs_libdnnl = pytest.mark.skipif(libdnnl_missing() is not None,
+                                   reason=f"{libdnnl_missing()}: the direct oneDNN route is skipped")
+
+
 def tuned_build(w, model):
     """Compile workload W with the shipped database of this machine's class, or else (correctness
     only: the schedules are valid on any CPU, just not fast) with the AVX-512 one."""
@@ -230,19 +243,21 @@ def test_benchmark_script_prints_one_ratio_line_per_workload_and_method():
     import torch
     result = subprocess.run([sys.executable, str(ROOT / "tools" / "benchmark.py"), "--models", "mlp",
                              "cnn", "--methods", "tvm-dispatch", "tvm-dispatch-prepacked", "tvm-dispatch-fused",
-                             "tvm-tuned", "tvm-tuned-blocked", "--baselines", "torch-channels-last", "onnxruntime", "openvino",
+                             "tvm-dispatch-direct", "tvm-tuned", "tvm-tuned-blocked", "--baselines", "torch-channels-last", "onnxruntime", "openvino",
                              "--repeats", "3", "--rounds", "1"],
                             capture_output=True, text=True, check=True)
     lines = [line for line in result.stdout.splitlines() if "/torch " in line]
     # tvm-tuned where a database fits this machine's class, prepacked where PyTorch has oneDNN
     tuned = {m: d2ltvm.shipped_tuning_database(m) is not None for m in ("mlp", "cnn")}
     onednn = torch.backends.mkldnn.is_available()
+    direct = onednn and libdnnl_missing() is None  # oneDNN's C library: Linux x86-64
     methods = ("torch-channels-last", "onnxruntime", "openvino", "tvm-dispatch",
-               "tvm-dispatch-prepacked", "tvm-dispatch-fused", "tvm-tuned")
+               "tvm-dispatch-prepacked", "tvm-dispatch-fused", "tvm-dispatch-direct", "tvm-tuned")
     expected = [f"{model} batch{b} {m}/torch" for model in ("mlp", "cnn") for b in (1, 64)
                 for m in methods
                 if (m != "tvm-tuned" or tuned[model]) and (m != "torch-channels-last" or model == "cnn")
-                and (m not in ("tvm-dispatch-prepacked", "tvm-dispatch-fused") or (model == "cnn" and onednn))]
+                and (m not in ("tvm-dispatch-prepacked", "tvm-dispatch-fused") or (model == "cnn" and onednn))
+                and (m != "tvm-dispatch-direct" or (model == "cnn" and direct))]
     assert [line.rsplit(" ", 1)[0] for line in lines] == expected
     for model in ("mlp", "cnn"):
         assert tuned[model] or f"no shipped {model} database" in result.stderr
@@ -806,6 +821,92 @@ def test_onednn_post_ops_leave_what_they_cannot_fuse():
 
 def tvm_tensor(x):
     return d2ltvm.tvm.runtime.tensor(x.numpy())
+
+
+@needs_libdnnl
+def test_onednn_called_directly_matches_torch(resnet, resnet_reference):
+    folded_mod, folded_weights = d2ltvm.torch_to_relax(d2ltvm.fold_batchnorm(resnet["model"]),
+                                                       resnet["input"])
+    direct_mod = d2ltvm.call_onednn_directly(
+        d2ltvm.fuse_onednn_post_ops(d2ltvm.dispatch_to_onednn(folded_mod)))
+    script = direct_mod["main"].script()
+    makes = re.findall(r'"d2ltvm\.(\w+)\.s', script)
+    # every convolution made once; nothing packed for PyTorch, no Python called at run time
+    assert {n: makes.count(n) for n in set(makes)} == {
+        "onednn_make_conv2d_relu": 9, "onednn_make_conv2d_add_relu": 8, "onednn_make_conv2d": 3}
+    assert "call_dps_packed" not in script and "torch_" not in script
+    externs = [g.name_hint for g, f in direct_mod.functions.items()
+               if isinstance(f, d2ltvm.tvm.tirx.PrimFunc)]
+    assert {re.sub(r"\d+$", "", n) for n in externs} == {
+        "onednn_conv2d", "onednn_conv2d_relu", "onednn_conv2d_add_relu", "onednn_max_pool2d",
+        "onednn_matmul", "onednn_transpose"}
+    compiled = d2ltvm.compile_relax(direct_mod, folded_weights, pipeline=d2ltvm.dispatch_pipeline())
+    assert sum(str(w.dtype) == "int64" for w in compiled.weights) == 20  # onednn_handles
+    np.testing.assert_allclose(compiled(resnet["input"].numpy()), resnet_reference, **TOLERANCE)
+    # the same buffers serve every run: a second input gives its own answer
+    x2 = resnet["input"].flip(-1)
+    with __import__("torch").no_grad():
+        np.testing.assert_allclose(compiled(x2.numpy()), resnet["model"](x2).numpy(), **TOLERANCE)
+
+
+@needs_libdnnl
+def test_direct_route_takes_grouped_convolutions_and_leaves_bias_free_ones():
+    import torch
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(  # grouped, dilated, strided, then a bias-free 1x1
+        torch.nn.Conv2d(4, 8, 3, stride=2, padding=2, dilation=2, groups=2), torch.nn.ReLU(),
+        torch.nn.Conv2d(8, 6, 1, bias=False)).eval()
+    x = torch.rand(1, 4, 11, 11)
+    mod, weights = d2ltvm.torch_to_relax(model, x)
+    direct_mod = d2ltvm.call_onednn_directly(
+        d2ltvm.fuse_onednn_post_ops(d2ltvm.dispatch_to_onednn(mod)))
+    names = re.findall(r'"d2ltvm\.(\w+)\.s', direct_mod["main"].script())
+    # the bias-free convolution stays with PyTorch's packed call
+    assert sorted(names) == ["onednn_make_conv2d_relu", "torch_pack_conv2d",
+                             "torch_packed_conv2d"]
+    compiled = d2ltvm.compile_relax(direct_mod, weights, pipeline=d2ltvm.dispatch_pipeline())
+    with torch.no_grad():
+        np.testing.assert_allclose(compiled(x.numpy()), model(x).numpy(), **TOLERANCE)
+
+
+@needs_libdnnl
+def test_onednn_kernel_keeps_alive_what_its_handles_point_into():
+    import gc
+    import torch
+    weight, bias = torch.rand(4, 3, 3, 2), torch.rand(4)  # OHWI
+    handles = d2ltvm.onednn_handles(d2ltvm.onednn_conv2d(
+        tvm_tensor(weight), tvm_tensor(bias), [1, 5, 5, 2], (1, 1), (1, 1), (1, 1), 1, "relu",
+        False))
+    gc.collect()  # only the handles tensor refers to the kernel now
+    func = d2ltvm.tvm.compile(d2ltvm.tvm.IRModule({"main": d2ltvm.onednn_extern_func(
+        [(1, 5, 5, 2), (1, 5, 5, 4)]).with_attr("global_symbol", "main")}), target="llvm")
+    x = torch.rand(1, 5, 5, 2)
+    out = d2ltvm.tvm.runtime.tensor(np.zeros((1, 5, 5, 4), "float32"))
+    func["main"](tvm_tensor(x), handles, out)
+    expected = torch.relu(torch.conv2d(x.permute(0, 3, 1, 2), weight.permute(0, 3, 1, 2), bias,
+                                       padding=1)).permute(0, 2, 3, 1)
+    np.testing.assert_allclose(out.numpy(), expected.numpy(), **TOLERANCE)
+
+
+@needs_libdnnl
+def test_onednn_says_which_convolution_it_cannot_describe():
+    # 3 input channels in the weights, 5 in the data: oneDNN refuses; the error names both
+    with pytest.raises(RuntimeError, match=r"oneDNN failed describing a convolution of "
+                                           r"\(1, 8, 8, 5\) by \(4, 3, 3, 3\)"):
+        d2ltvm.onednn_conv2d_primitive((4, 3, 3, 3), (1, 8, 8, 5), (1, 1), (1, 1), (1, 1), 1,
+                                       "none", False)
+
+
+def test_onednn_library_missing_names_the_wheel(monkeypatch, tmp_path):
+    import site
+    import sysconfig
+    monkeypatch.setattr(d2ltvm, "_LIBDNNL", [])  # as if never loaded in this process
+    monkeypatch.setattr(d2ltvm.sys, "prefix", str(tmp_path))
+    monkeypatch.setattr(sysconfig, "get_path", lambda name: str(tmp_path))
+    monkeypatch.setattr(site, "getuserbase", lambda: str(tmp_path))
+    with pytest.raises(RuntimeError, match=r"libdnnl\.so\.3\) is not installed: `pip install "
+                                           r"onednn-cpu-gomp==2023\.2\.0`"):
+        d2ltvm.call_onednn_directly(None)
 
 
 def test_profile_vm_calls_counts_each_callee_per_run():
