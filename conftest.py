@@ -81,14 +81,9 @@ def _onednn_missing():
 
 
 def _libdnnl_missing():
-    if _onednn_missing():
-        return _onednn_missing()
     import d2ltvm
-    try:
-        d2ltvm.onednn_library()
-    except RuntimeError as err:
-        return f"{err}: the route that calls oneDNN directly is skipped"
-    return None
+    reason = d2ltvm.onednn_library_missing()
+    return reason and f"{reason}: the route that calls oneDNN directly is skipped"
 
 
 CELL_REQUIREMENTS = {"requires-mxnet": _mxnet_missing, "requires-onednn": _onednn_missing,

@@ -2428,6 +2428,19 @@ def onednn_library():
 
 # ----------------------------------------------------------------------
 # Defined in chapters/appendix/measuring.ipynb
+def onednn_library_missing():
+    """Why oneDNN's C library cannot be used here (no oneDNN in PyTorch, or no libdnnl), or None."""
+    import torch
+    if not torch.backends.mkldnn.is_available():
+        return "this PyTorch has no oneDNN"
+    try:
+        onednn_library()
+    except RuntimeError as err:
+        return str(err)
+    return None
+
+# ----------------------------------------------------------------------
+# Defined in chapters/appendix/measuring.ipynb
 # Values of oneDNN 3.x's C enums (oneapi/dnnl/dnnl_types.h, dnnl_common_types.h)
 DNNL = {"f32": 3, "format_any": 1, "forward_inference": 96, "convolution_direct": 1,
         "eltwise_relu": 0x20, "binary_add": 0x1fff0, "query_impl_info_str": 8,
@@ -2462,6 +2475,12 @@ def onednn_memory_desc(dims, strides=None):
     return desc
 
 
+def window_output_size(sizes, window, strides, padding, dilation):
+    """Output height and width of a convolution or pooling window (symmetric PADDING)."""
+    return tuple((size + 2 * pad - d * (k - 1) - 1) // s + 1
+                 for size, k, s, pad, d in zip(sizes, window, strides, padding, dilation))
+
+
 def nhwc_memory_desc(n, c, h, w):
     """The memory descriptor of an NHWC tensor: oneDNN's dimensions are always N, C, H, W."""
     return onednn_memory_desc((n, c, h, w), (h * w * c, 1, w * c, c))
@@ -2483,8 +2502,7 @@ def onednn_conv2d_primitive(weight_shape, data_shape, strides, padding, dilation
     by OHWI weights plus a bias, then + an NHWC tensor (if ADD), then UNARY ("relu" or "none")."""
     lib, engine, _ = onednn_library()
     (o, kh, kw, i), (n, h, w, c) = weight_shape, data_shape
-    oh, ow = ((size + 2 * pad - d * (k - 1) - 1) // s + 1 for size, pad, d, k, s
-              in zip((h, w), padding, dilation, (kh, kw), strides))
+    oh, ow = window_output_size((h, w), (kh, kw), strides, padding, dilation)
     out = nhwc_memory_desc(n, o, oh, ow)
     post_ops, attr, desc = ctypes.c_void_p(), ctypes.c_void_p(), ctypes.c_void_p()
     onednn_check(lib.dnnl_post_ops_create(ctypes.byref(post_ops)), "creating post-ops")
@@ -2530,24 +2548,23 @@ def onednn_primitive(desc):
     return primitive
 
 
-def onednn_execute(primitive, args):
-    """Execute PRIMITIVE with ARGS ({DNNL_ARG_* number: memory object}) and wait for it."""
-    lib, _, stream = onednn_library()
-    exec_args = (_ExecArg * len(args))(*(_ExecArg(k, v) for k, v in args.items()))
-    onednn_check(lib.dnnl_primitive_execute(primitive, stream, len(args), exec_args),
-                 "executing a primitive")
-    onednn_check(lib.dnnl_stream_wait(stream), "waiting for a primitive")
-
-
-def onednn_reorder(source, source_desc, target, target_desc):
-    """Copy memory object SOURCE into TARGET, converting between their layouts."""
+def onednn_reorder_desc(source_desc, target_desc, what):
+    """The primitive descriptor of a reorder: a copy from one layout (SOURCE_DESC) to another."""
     lib, engine, _ = onednn_library()
     desc = ctypes.c_void_p()
     onednn_check(lib.dnnl_reorder_primitive_desc_create(ctypes.byref(desc), source_desc, engine,
                                                         target_desc, engine, None),
-                 "describing a reorder")
-    reorder = onednn_primitive(desc)
-    onednn_execute(reorder, {DNNL["arg_src"]: source, DNNL["arg_dst"]: target})
+                 f"describing {what}")
+    return desc
+
+
+def onednn_reorder(source, source_desc, target, target_desc):
+    """Copy memory object SOURCE into TARGET once, converting between their layouts."""
+    lib, _, stream = onednn_library()
+    reorder = onednn_primitive(onednn_reorder_desc(source_desc, target_desc, "a reorder"))
+    args = (_ExecArg * 2)(_ExecArg(DNNL["arg_src"], source), _ExecArg(DNNL["arg_dst"], target))
+    onednn_check(lib.dnnl_primitive_execute(reorder, stream, 2, args), "reordering")
+    onednn_check(lib.dnnl_stream_wait(stream), "waiting for a reorder")
     lib.dnnl_primitive_destroy(reorder)
 
 # ----------------------------------------------------------------------
@@ -2593,13 +2610,12 @@ def onednn_conv2d(weight, bias, data_shape, strides, padding, dilation, groups, 
     onednn_reorder(plain, ohwi, packed, packed_desc)  # the weights, in oneDNN's layout
     lib.dnnl_memory_destroy(plain)
     bias = np.array(bias.numpy(), dtype="float32")  # our own copy, kept by the kernel
-    n, h, w, c = data_shape
+    (n, h, w, c), (_, oh, ow, o) = data_shape, out_shape
+    out = nhwc_memory_desc(n, o, oh, ow)
     operands = [(DNNL["arg_src"], nhwc_memory_desc(n, c, h, w))]
     if add:  # the binary post-op's input: DNNL_ARG_ATTR_MULTIPLE_POST_OP(0) | DNNL_ARG_SRC_1
-        operands.append((DNNL["arg_post_op_0"] | DNNL["arg_src_1"], nhwc_memory_desc(
-            out_shape[0], out_shape[3], *out_shape[1:3])))
-    operands.append((DNNL["arg_dst"], nhwc_memory_desc(out_shape[0], out_shape[3],
-                                                       *out_shape[1:3])))
+        operands.append((DNNL["arg_post_op_0"] | DNNL["arg_src_1"], out))
+    operands.append((DNNL["arg_dst"], out))
     bound = {DNNL["arg_weights"]: packed,
              DNNL["arg_bias"]: onednn_memory(onednn_memory_desc(bias.shape, (1,)),
                                              bias.ctypes.data)}
@@ -2616,13 +2632,9 @@ def strided_memory_desc(shape, axes=None):
 
 def onednn_transpose(shape, axes):
     """A OneDNNKernel computing permute_dims(data of SHAPE, AXES): compute(data, out)."""
-    lib, engine, _ = onednn_library()
-    out_shape = [shape[a] for a in axes]
-    source, target = strided_memory_desc(shape, axes), strided_memory_desc(out_shape)
-    desc = ctypes.c_void_p()
-    onednn_check(lib.dnnl_reorder_primitive_desc_create(ctypes.byref(desc), source, engine,
-                                                        target, engine, None),
-                 f"describing a transpose of {tuple(shape)} by {tuple(axes)}")
+    source = strided_memory_desc(shape, axes)
+    target = strided_memory_desc([shape[a] for a in axes])
+    desc = onednn_reorder_desc(source, target, f"a transpose of {tuple(shape)} by {tuple(axes)}")
     return OneDNNKernel(desc, [(DNNL["arg_src"], source), (DNNL["arg_dst"], target)])
 
 
@@ -2630,8 +2642,7 @@ def onednn_max_pool2d(data_shape, pool_size, strides, padding, dilation):
     """A OneDNNKernel computing max_pool2d of NHWC data (symmetric PADDING): compute(data, out)."""
     lib, engine, _ = onednn_library()
     n, h, w, c = data_shape
-    oh, ow = ((size + 2 * pad - d * (k - 1) - 1) // s + 1 for size, pad, d, k, s
-              in zip((h, w), padding, dilation, pool_size, strides))
+    oh, ow = window_output_size((h, w), pool_size, strides, padding, dilation)
     source, target, desc = nhwc_memory_desc(n, c, h, w), nhwc_memory_desc(n, c, oh, ow), \
         ctypes.c_void_p()
     onednn_check(lib.dnnl_pooling_forward_primitive_desc_create(
@@ -2756,6 +2767,7 @@ def call_onednn_directly(mod):
     class DirectCaller(relax.PyExprMutator):
         def extern_call(self, name, inputs, handles, out):  # call_tir of onednn_extern_func
             shapes = [static_shape(x) for x in inputs] + [static_shape(out)]
+            name += "".join("_" + "x".join(map(str, s)) for s in (shapes[0], shapes[-1]))
             func = onednn_extern_func(shapes).with_attr("d2ltvm.onednn", name)  # kept apart
             return relax.call_tir(self.builder_.add_func(func, name), [*inputs, handles], out.ty)
 
@@ -2767,8 +2779,8 @@ def call_onednn_directly(mod):
                 packing = self.lookup_binding(packed)  # torch_pack_conv2d(weight, data_shape)
                 handles = self.builder_.emit(relax.call_pure_packed(
                     onednn_make_conv2d_kernel(*attributes, unary, add=bool(other)),
-                    packing.args[1], bias, packing.args[2],
-                    ty_args=relax.TensorType([6 + len(other)], "int64")))
+                    packing.args[1], bias, packing.args[2],  # 4 handles, then the operands:
+                    ty_args=relax.TensorType([6 + len(other)], "int64")))  # data, [other,] out
                 name = f"onednn_conv2d{'_add' if other else ''}{'_relu' * (unary == 'relu')}"
                 return self.extern_call(name, [data, *other], handles, call)
             name, kernel, inputs = onednn_glue_kernel(call) or (None,) * 3

@@ -18,17 +18,9 @@ needs_onednn = pytest.mark.skipif(
     reason="this PyTorch has no oneDNN (e.g. macOS arm64): the oneDNN dispatch route is skipped")
 
 
-def libdnnl_missing():
-    """Why oneDNN's C library cannot be used here, or None where it can."""
-    try:
-        d2ltvm.onednn_library()
-    except RuntimeError as err:
-        return str(err)
-    return None
-
-
-needs_libdnnl = pytest.mark.skipif(libdnnl_missing() is not None,
-                                   reason=f"{libdnnl_missing()}: the direct oneDNN route is skipped")
+needs_libdnnl = pytest.mark.skipif(
+    d2ltvm.onednn_library_missing() is not None,
+    reason=f"{d2ltvm.onednn_library_missing()}: the direct oneDNN route is skipped")
 
 
 def tuned_build(w, model):
@@ -250,7 +242,7 @@ def test_benchmark_script_prints_one_ratio_line_per_workload_and_method():
     # tvm-tuned where a database fits this machine's class, prepacked where PyTorch has oneDNN
     tuned = {m: d2ltvm.shipped_tuning_database(m) is not None for m in ("mlp", "cnn")}
     onednn = torch.backends.mkldnn.is_available()
-    direct = onednn and libdnnl_missing() is None  # oneDNN's C library: Linux x86-64
+    direct = d2ltvm.onednn_library_missing() is None  # oneDNN's C library: Linux x86-64
     methods = ("torch-channels-last", "onnxruntime", "openvino", "tvm-dispatch",
                "tvm-dispatch-prepacked", "tvm-dispatch-fused", "tvm-dispatch-direct", "tvm-tuned")
     expected = [f"{model} batch{b} {m}/torch" for model in ("mlp", "cnn") for b in (1, 64)
@@ -837,7 +829,7 @@ def test_onednn_called_directly_matches_torch(resnet, resnet_reference):
     assert "call_dps_packed" not in script and "torch_" not in script
     externs = [g.name_hint for g, f in direct_mod.functions.items()
                if isinstance(f, d2ltvm.tvm.tirx.PrimFunc)]
-    assert {re.sub(r"\d+$", "", n) for n in externs} == {
+    assert {n.rsplit("_", 2)[0] for n in externs} == {  # named kind_input_output
         "onednn_conv2d", "onednn_conv2d_relu", "onednn_conv2d_add_relu", "onednn_max_pool2d",
         "onednn_matmul", "onednn_transpose"}
     compiled = d2ltvm.compile_relax(direct_mod, folded_weights, pipeline=d2ltvm.dispatch_pipeline())
@@ -907,6 +899,7 @@ def test_onednn_library_missing_names_the_wheel(monkeypatch, tmp_path):
     with pytest.raises(RuntimeError, match=r"libdnnl\.so\.3\) is not installed: `pip install "
                                            r"onednn-cpu-gomp==2023\.2\.0`"):
         d2ltvm.call_onednn_directly(None)
+    assert "pip install onednn-cpu-gomp==2023.2.0" in d2ltvm.onednn_library_missing()
 
 
 def test_profile_vm_calls_counts_each_callee_per_run():

@@ -73,13 +73,10 @@ def main():
     if not has_onednn and set(ONEDNN_METHODS) & set(args.methods):
         print("notice: this PyTorch has no oneDNN: tvm-dispatch-prepacked, -fused and -direct "
               "left out", file=sys.stderr)
-    has_libdnnl = has_onednn
-    if has_onednn and "tvm-dispatch-direct" in args.methods:
-        try:
-            d2ltvm.onednn_library()
-        except RuntimeError as err:
-            has_libdnnl = False
-            print(f"notice: {err}; tvm-dispatch-direct left out", file=sys.stderr)
+    has_libdnnl = d2ltvm.onednn_library_missing() is None
+    if has_onednn and not has_libdnnl and "tvm-dispatch-direct" in args.methods:
+        print(f"notice: {d2ltvm.onednn_library_missing()}; tvm-dispatch-direct left out",
+              file=sys.stderr)
     target = d2ltvm.host_target()
     threads = torch.get_num_threads()
     peak = d2ltvm.peak_gflops(target)
