@@ -2755,39 +2755,48 @@ def onednn_make_conv2d_kernel(strides, padding, dilation, groups, unary="none", 
 
     return register_torch_kernel(f"d2ltvm.onednn_make_conv2d{post_ops}.{suffix}", make)
 
+
+def onednn_extern_call(builder, name, inputs, handles, ty):
+    """A call_tir of onednn_extern_func on INPUTS and HANDLES, its result of type TY, the function
+    added to BUILDER and named NAME plus its first input's and its output's shapes."""
+    from tvm import relax
+    shapes = [static_shape(x) for x in inputs] + [[int(v) for v in ty.shape]]
+    name += "".join("_" + "x".join(map(str, s)) for s in (shapes[0], shapes[-1]))
+    func = onednn_extern_func(shapes).with_attr("d2ltvm.onednn", name)  # kept apart
+    return relax.call_tir(builder.add_func(func, name), [*inputs, handles], ty)
+
 # ----------------------------------------------------------------------
 # Defined in chapters/appendix/measuring.ipynb
-def call_onednn_directly(mod):
+def call_onednn_directly(mod, winograd=False):
     """Return a copy of MOD (made by fuse_onednn_post_ops) where compiled code calls oneDNN's C
-    library for the convolutions with a bias, the matrix products, max pooling and transposes."""
+    library for the convolutions with a bias, the matrix products, max pooling and transposes;
+    with WINOGRAD, the 3x3 convolutions where winograd_pays_off use Winograd's algorithm."""
     from tvm import relax
     onednn_library()  # stop here, naming the wheel, where the library is missing
 
     @relax.expr_functor.mutator
     class DirectCaller(relax.PyExprMutator):
-        def extern_call(self, name, inputs, handles, out):  # call_tir of onednn_extern_func
-            shapes = [static_shape(x) for x in inputs] + [static_shape(out)]
-            name += "".join("_" + "x".join(map(str, s)) for s in (shapes[0], shapes[-1]))
-            func = onednn_extern_func(shapes).with_attr("d2ltvm.onednn", name)  # kept apart
-            return relax.call_tir(self.builder_.add_func(func, name), [*inputs, handles], out.ty)
-
         def visit_call_(self, call):
-            call = self.visit_expr_post_order(call)
+            call, builder = self.visit_expr_post_order(call), self.builder_
             kind, attributes, unary, args = onednn_conv2d_call(call) or (None,) * 4
             if kind in ("fused", "fused_add"):
                 data, *other, packed, bias = args
                 packing = self.lookup_binding(packed)  # torch_pack_conv2d(weight, data_shape)
-                handles = self.builder_.emit(relax.call_pure_packed(
+                weight, data_shape = packing.args[1], packing.args[2]
+                if winograd and winograd_pays_off(attributes, static_shape(weight),
+                                                  static_shape(data)):
+                    return winograd_conv2d(builder, call, data, other, weight, bias, unary)
+                handles = builder.emit(relax.call_pure_packed(
                     onednn_make_conv2d_kernel(*attributes, unary, add=bool(other)),
-                    packing.args[1], bias, packing.args[2],  # 4 handles, then the operands:
+                    weight, bias, data_shape,  # 4 handles, then the operands:
                     ty_args=relax.TensorType([6 + len(other)], "int64")))  # data, [other,] out
                 name = f"onednn_conv2d{'_add' if other else ''}{'_relu' * (unary == 'relu')}"
-                return self.extern_call(name, [data, *other], handles, call)
+                return onednn_extern_call(builder, name, [data, *other], handles, call.ty)
             name, kernel, inputs = onednn_glue_kernel(call) or (None,) * 3
             if name is None:
                 return call
             handles = relax.const(onednn_handles(kernel).numpy(), "int64")
-            return self.extern_call(name, inputs, handles, call)
+            return onednn_extern_call(builder, name, inputs, handles, call.ty)
 
     caller = DirectCaller(mod)  # one mutator: its builder collects the TensorIR functions
     rewritten = {gvar.name_hint: caller.visit_expr(func) for gvar, func in mod.functions.items()
@@ -2796,6 +2805,179 @@ def call_onednn_directly(mod):
     for gvar, func in caller.builder_.get().functions.items():  # the Relax ones rewritten
         direct[gvar] = rewritten.get(gvar.name_hint, func)
     return relax.transform.DeadCodeElimination()(direct)  # PyTorch's packing is left unused
+
+# ----------------------------------------------------------------------
+# Defined in chapters/appendix/measuring.ipynb
+# Winograd's F(4x4, 3x3) with the points 0, 1, -1, 2, -2 (Lavin and Gray, 2016)
+WINOGRAD_BT = [[4, 0, -5, 0, 1, 0], [0, -4, -4, 1, 1, 0], [0, 4, -4, -1, 1, 0],
+               [0, -2, -1, 2, 1, 0], [0, 2, -1, -2, 1, 0], [0, 4, 0, -5, 0, 1]]
+WINOGRAD_G = [[1 / 4, 0, 0], [-1 / 6, -1 / 6, -1 / 6], [-1 / 6, 1 / 6, -1 / 6],
+              [1 / 24, 1 / 12, 1 / 6], [1 / 24, -1 / 12, 1 / 6], [0, 0, 1]]
+WINOGRAD_AT = [[1, 1, 1, 1, 1, 0], [0, 1, -1, 2, -2, 0], [0, 1, 1, 4, 4, 0],
+               [0, 1, -1, 8, -8, 1]]
+
+# ----------------------------------------------------------------------
+# Defined in chapters/appendix/measuring.ipynb
+def winograd_coefficient(matrix, row, col):
+    """MATRIX[ROW][COL] as a TIR expression, for a loop variable ROW and a Python int COL."""
+    from tvm import tirx
+    value = tirx.const(0.0, "float32")
+    for r in reversed(range(len(matrix))):
+        value = tirx.Select(row == r, tirx.const(float(matrix[r][col]), "float32"), value)
+    return value
+
+
+def winograd_tile_counts(height, width):
+    """How many 4x4 output tiles cover an image of HEIGHT x WIDTH, down and across."""
+    return (height + 3) // 4, (width + 3) // 4
+
+
+def schedule_winograd(sch, block, inner, tile_loops, unrolled, channels):
+    """Parallelize BLOCK over TILE_LOOPS and 16-channel groups, unroll its loops UNROLLED (6x6
+    or 4x4), vectorize 16 CHANNELS; compute the INNER block's half of the transform inside."""
+    outer, lanes = sch.split(channels, [None, 16])
+    sch.reorder(*tile_loops, outer, *unrolled, lanes)
+    sch.compute_at(sch.get_sblock(inner), outer)
+    sch.parallel(sch.fuse(*tile_loops, outer))
+    *inner_unrolled, inner_lanes = sch.get_loops(sch.get_sblock(inner))[-3:]
+    for loop in [*unrolled, *inner_unrolled]:
+        sch.unroll(loop)
+    sch.vectorize(lanes)
+    sch.vectorize(inner_lanes)
+    # scheduled (dlight leaves it alone) and opaque (FuseOps leaves it alone)
+    return sch.mod["main"].with_attr("tirx.is_scheduled", True).with_attr(
+        "op_pattern", 8).without_attr("global_symbol")
+
+# ----------------------------------------------------------------------
+# Defined in chapters/appendix/measuring.ipynb
+def winograd_input_transform(data_shape):
+    """A scheduled TensorIR function: NHWC data of DATA_SHAPE -> the (36, tiles, C) transformed
+    6x6 tiles B^T d B, padded by one zero on every side."""
+    from tvm import s_tir, te, tirx
+    n, h, w, c = data_shape
+    th, tw = winograd_tile_counts(h, w)
+    data = te.placeholder(data_shape, "float32", name="data")
+
+    def tile(t, i, j, k):  # element (i, j) of tile t: zero outside the image
+        y, x = t // tw % th * 4 + i - 1, t % tw * 4 + j - 1
+        inside = tirx.all(y >= 0, y < h, x >= 0, x < w)
+        return tirx.if_then_else(inside, data[t // (th * tw), y, x, k], tirx.const(0.0))
+
+    rows = te.compute((6, 6, n * th * tw, c), lambda a, j, t, k: sum(
+        winograd_coefficient(WINOGRAD_BT, a, i) * tile(t, i, j, k) for i in range(6)),
+        name="rows")  # B^T d
+    v = te.compute((6, 6, n * th * tw, c), lambda a, b, t, k: sum(
+        winograd_coefficient(WINOGRAD_BT, b, j) * rows[a, j, t, k] for j in range(6)),
+        name="v")  # (B^T d) B
+    flat = te.compute((36, n * th * tw, c), lambda ab, t, k: v[ab // 6, ab % 6, t, k],
+                      name="flat")
+    sch = s_tir.Schedule(te.create_prim_func([data, flat]))
+    sch.compute_inline(sch.get_sblock("v"))
+    ab, t, k = sch.get_loops(sch.get_sblock("flat"))
+    a, b = sch.split(ab, [6, 6])
+    return schedule_winograd(sch, sch.get_sblock("flat"), "rows", [t], [a, b], k)
+
+# ----------------------------------------------------------------------
+# Defined in chapters/appendix/measuring.ipynb
+def winograd_output_transform(out_shape, add, relu):
+    """A scheduled TensorIR function: the (36, tiles, O) products, the bias [and the residual
+    branch] -> the NHWC output of OUT_SHAPE, A^T m A + bias [+ other], then ReLU if RELU."""
+    from tvm import s_tir, te, tirx
+    n, h, w, o = out_shape
+    th, tw = winograd_tile_counts(h, w)
+    m = te.placeholder((36, n * th * tw, o), "float32", name="m")
+    bias = te.placeholder((o,), "float32", name="bias")
+    other = te.placeholder(out_shape, "float32", name="other")
+    cols = te.compute((4, 6, n * th * tw, o), lambda x, b, t, k: sum(
+        winograd_coefficient(WINOGRAD_AT, x, a) * m[a * 6 + b, t, k] for a in range(6)),
+        name="cols")  # A^T m
+
+    def result(i, y, x, k):  # output (y, x) is element (y % 4, x % 4) of its tile
+        t = (i * th + y // 4) * tw + x // 4
+        value = bias[k] + sum(winograd_coefficient(WINOGRAD_AT, x % 4, b) * cols[y % 4, b, t, k]
+                              for b in range(6))  # (A^T m) A
+        value = value + other[i, y, x, k] if add else value
+        return tirx.max(value, tirx.const(0.0)) if relu else value
+
+    out = te.compute(out_shape, result, name="out")
+    sch = s_tir.Schedule(te.create_prim_func([m, bias, *([other] if add else []), out]))
+    i, y, x, k = sch.get_loops(sch.get_sblock("out"))
+    (ty, iy), (tx, ix) = sch.split(y, [None, 4]), sch.split(x, [None, 4])
+    return schedule_winograd(sch, sch.get_sblock("out"), "cols", [i, ty, tx], [iy, ix], k)
+
+# ----------------------------------------------------------------------
+# Defined in chapters/appendix/measuring.ipynb
+def winograd_weights(weight):
+    """The (36, I, O) transformed weights G g G^T of OHWI 3x3 WEIGHT (NumPy), in float32."""
+    g = np.asarray(WINOGRAD_G)
+    u = np.einsum("ai,oijc,bj->abco", g, weight.astype("float64"), g)
+    return np.ascontiguousarray(u.reshape(36, weight.shape[3], weight.shape[0]), dtype="float32")
+
+
+def onednn_batch_matmul(weights, rows):
+    """A OneDNNKernel computing the (B, ROWS, K) x (B, K, N) batched product by constant WEIGHTS
+    (NumPy), copied once into oneDNN's layout: compute(a, out)."""
+    lib, engine, _ = onednn_library()
+    b, k, n = weights.shape
+    a, out, plain_desc = (strided_memory_desc(s) for s in ((b, rows, k), (b, rows, n), (b, k, n)))
+    desc = ctypes.c_void_p()
+    onednn_check(lib.dnnl_matmul_primitive_desc_create(
+        ctypes.byref(desc), engine, a, onednn_memory_desc((b, k, n)), None, out, None),
+        f"describing a batched matrix product {b}x{rows}x{k} by {b}x{k}x{n}")
+    packed_desc = ctypes.c_void_p(lib.dnnl_primitive_desc_query_md(
+        desc, DNNL["query_weights_md"], 0))
+    packed = onednn_memory(packed_desc, 2**64 - 1)  # -1: oneDNN allocates the memory
+    plain = onednn_memory(plain_desc, weights.ctypes.data)
+    onednn_reorder(plain, plain_desc, packed, packed_desc)
+    lib.dnnl_memory_destroy(plain)
+    return OneDNNKernel(desc, [(DNNL["arg_src"], a), (DNNL["arg_dst"], out)],
+                        {DNNL["arg_weights"]: packed})
+
+
+def onednn_make_winograd_matmul():
+    """Register and name make(weight OHWI 3x3, data_shape NHWC) -> onednn_handles of the batched
+    product by its transformed weights (called once, in main_transform_params)."""
+    def make(weight, data_shape):
+        n, h, w, _ = (int(v) for v in data_shape)
+        th, tw = winograd_tile_counts(h, w)
+        return onednn_handles(onednn_batch_matmul(winograd_weights(weight.numpy()), n * th * tw))
+
+    return register_torch_kernel("d2ltvm.onednn_make_winograd_matmul", make)
+
+# ----------------------------------------------------------------------
+# Defined in chapters/appendix/measuring.ipynb
+WINOGRAD_MIN_TILES = 16  # each transformed weight used by fewer tiles: memory-bound, not worth it
+
+
+def winograd_pays_off(attributes, weight_shape, data_shape):
+    """Whether a convolution of ATTRIBUTES (strides, padding, dilation, groups), OHWI weights
+    and NHWC data of these shapes is one winograd_conv2d computes, with enough tiles to pay."""
+    (o, kh, kw, i), (n, h, w, _) = weight_shape, data_shape
+    th, tw = winograd_tile_counts(h, w)
+    return (tuple(attributes), (kh, kw)) == ((((1, 1), (1, 1), (1, 1), 1)), (3, 3)) \
+        and o % 16 == 0 and i % 16 == 0 and n * th * tw >= WINOGRAD_MIN_TILES
+
+
+def winograd_conv2d(builder, call, data, other, weight, bias, unary):
+    """Emit into BUILDER the Winograd form of CALL, a fused oneDNN 3x3 convolution of NHWC DATA
+    by OHWI WEIGHT plus BIAS [plus OTHER, one tensor or none], then UNARY: input transform,
+    oneDNN's batched product, output transform."""
+    from tvm import relax
+    (n, h, w, c), o = static_shape(data), static_shape(call)[3]
+    tiles = n * winograd_tile_counts(h, w)[0] * winograd_tile_counts(h, w)[1]
+    shape = "x".join(map(str, (n, h, w, c)))
+    handles = builder.emit(relax.call_pure_packed(
+        onednn_make_winograd_matmul(), weight, relax.ShapeExpr([n, h, w, c]),
+        ty_args=relax.TensorType([6], "int64")))
+    v = builder.emit(relax.call_tir(
+        builder.add_func(winograd_input_transform((n, h, w, c)), f"winograd_input_{shape}"),
+        [data], relax.TensorType([36, tiles, c], "float32")))
+    m = builder.emit(onednn_extern_call(builder, "onednn_winograd_matmul", [v], handles,
+                                        relax.TensorType([36, tiles, o], "float32")))
+    post = ("_add" if other else "") + ("_relu" if unary == "relu" else "")
+    out = winograd_output_transform((n, h, w, o), bool(other), unary == "relu")
+    return relax.call_tir(builder.add_func(out, f"winograd_output{post}_{shape}"),
+                          [m, bias, *other], call.ty)
 
 # ----------------------------------------------------------------------
 # Defined in chapters/appendix/measuring.ipynb

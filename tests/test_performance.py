@@ -889,6 +889,68 @@ def test_onednn_says_which_convolution_it_cannot_describe():
                                        "none", False)
 
 
+def compile_prim_func(func):
+    """Compile one TensorIR function for this machine: a function of TVM tensors."""
+    mod = d2ltvm.tvm.IRModule({"main": func.with_attr("global_symbol", "main")})
+    return d2ltvm.tvm.compile(mod, target=d2ltvm.host_target())["main"]
+
+
+@pytest.mark.parametrize("add, relu", [(True, True), (False, False)])
+def test_winograd_transforms_compute_a_convolution(add, relu):
+    import torch
+    torch.manual_seed(0)
+    # 9x10: the last tiles reach past the image on both sides; 2 images; 16 -> 32 channels
+    x, weight = torch.randn(2, 9, 10, 16), torch.randn(32, 3, 3, 16) / 12  # NHWC, OHWI
+    bias, other = torch.randn(32), torch.randn(2, 9, 10, 32)
+    tiles = 2 * 3 * 3
+    v = d2ltvm.tvm.runtime.tensor(np.zeros((36, tiles, 16), "float32"))
+    compile_prim_func(d2ltvm.winograd_input_transform((2, 9, 10, 16)))(tvm_tensor(x), v)
+    m = np.matmul(v.numpy(), d2ltvm.winograd_weights(weight.numpy()))  # the 36 products
+    out = d2ltvm.tvm.runtime.tensor(np.zeros((2, 9, 10, 32), "float32"))
+    compile_prim_func(d2ltvm.winograd_output_transform((2, 9, 10, 32), add, relu))(
+        tvm_tensor(torch.from_numpy(m)), tvm_tensor(bias), *[tvm_tensor(other)] * add, out)
+    expected = torch.conv2d(x.permute(0, 3, 1, 2), weight.permute(0, 3, 1, 2), bias,
+                            padding=1).permute(0, 2, 3, 1) + (other if add else 0)
+    expected = torch.relu(expected) if relu else expected
+    np.testing.assert_allclose(out.numpy(), expected.numpy(), **TOLERANCE)
+    assert (out.numpy() < 0).any() != relu  # the ReLU is there exactly when asked for
+
+
+@pytest.mark.parametrize("attributes, weight, data, expected", [
+    ((((1, 1), (1, 1), (1, 1), 1)), (64, 3, 3, 64), (1, 56, 56, 64), True),
+    ((((1, 1), (1, 1), (1, 1), 1)), (256, 3, 3, 256), (1, 14, 14, 256), True),  # 16 tiles
+    ((((1, 1), (1, 1), (1, 1), 1)), (512, 3, 3, 512), (1, 7, 7, 512), False),  # 4 tiles
+    ((((1, 1), (1, 1), (1, 1), 1)), (512, 3, 3, 512), (4, 7, 7, 512), True),  # 4 images
+    ((((2, 2), (1, 1), (1, 1), 1)), (128, 3, 3, 64), (1, 56, 56, 64), False),  # strided
+    ((((1, 1), (0, 0), (1, 1), 1)), (64, 1, 1, 64), (1, 56, 56, 64), False),  # 1x1
+    ((((1, 1), (1, 1), (1, 1), 2)), (64, 3, 3, 32), (1, 56, 56, 64), False),  # grouped
+    ((((1, 1), (1, 1), (1, 1), 1)), (8, 3, 3, 4), (1, 56, 56, 4), False),  # 4 channels
+])
+def test_winograd_pays_off_only_where_it_computes_and_gains(attributes, weight, data, expected):
+    assert d2ltvm.winograd_pays_off(attributes, weight, data) == expected
+
+
+@needs_libdnnl
+def test_winograd_route_matches_torch_and_keeps_the_last_stage_direct(resnet, resnet_reference):
+    folded_mod, folded_weights = d2ltvm.torch_to_relax(d2ltvm.fold_batchnorm(resnet["model"]),
+                                                       resnet["input"])
+    mod = d2ltvm.call_onednn_directly(
+        d2ltvm.fuse_onednn_post_ops(d2ltvm.dispatch_to_onednn(folded_mod)), winograd=True)
+    script = mod["main"].script()
+    # the 3x3 stride-1 convolutions of the first three stages: 4 + 3 + 3, one product each
+    assert script.count('"d2ltvm.onednn_make_winograd_matmul"') == 10
+    funcs = [g.name_hint for g, f in mod.functions.items()
+             if isinstance(f, d2ltvm.tvm.tirx.PrimFunc)]
+    assert {n for n in funcs if n.startswith("winograd_input")} == {
+        "winograd_input_1x56x56x64", "winograd_input_1x28x28x128", "winograd_input_1x14x14x256"}
+    # at 7x7 (4 tiles) oneDNN's direct convolution stays
+    assert "onednn_conv2d_add_relu_1x7x7x512_1x7x7x512" in funcs
+    assert not any(n.startswith("winograd") and "7x7x512" in n for n in funcs)
+    compiled = d2ltvm.compile_relax(mod, folded_weights, pipeline=d2ltvm.dispatch_pipeline())
+    assert sum(str(w.dtype) == "int64" for w in compiled.weights) == 20  # 10 + 10 handles
+    np.testing.assert_allclose(compiled(resnet["input"].numpy()), resnet_reference, **TOLERANCE)
+
+
 def test_onednn_library_missing_names_the_wheel(monkeypatch, tmp_path):
     import site
     import sysconfig
