@@ -231,11 +231,11 @@ def test_benchmark_script_prints_one_ratio_line_per_workload_and_method():
     import subprocess
     import sys
     # (the MLP has no convolution, so it gets no tvm-dispatch-prepacked or channels-last line;
-    # tvm-tuned-blocked is ResNet-18's alone)
+    # tvm-tuned-blocked and tvm-dispatch-winograd are ResNet-18's alone)
     import torch
     result = subprocess.run([sys.executable, str(ROOT / "tools" / "benchmark.py"), "--models", "mlp",
                              "cnn", "--methods", "tvm-dispatch", "tvm-dispatch-prepacked", "tvm-dispatch-fused",
-                             "tvm-dispatch-direct", "tvm-tuned", "tvm-tuned-blocked", "--baselines", "torch-channels-last", "onnxruntime", "openvino",
+                             "tvm-dispatch-direct", "tvm-dispatch-winograd", "tvm-tuned", "tvm-tuned-blocked", "--baselines", "torch-channels-last", "onnxruntime", "openvino",
                              "--repeats", "3", "--rounds", "1"],
                             capture_output=True, text=True, check=True)
     lines = [line for line in result.stdout.splitlines() if "/torch " in line]

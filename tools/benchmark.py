@@ -25,6 +25,8 @@ tvm-tuned-blocked (ResNet-18 only) is the same with the convolutions in a blocke
 (d2ltvm.blocked_workload) and the resnet18-blocked database. tvm-dispatch-direct calls oneDNN's
 C library without PyTorch in between (d2ltvm.call_onednn_directly); it needs the onednn-cpu-gomp
 wheel, which exists for Linux x86-64 only, and is left out with a notice elsewhere.
+tvm-dispatch-winograd (ResNet-18 only: the CNN has no padded 3x3 convolution) is that route with
+the 3x3 convolutions of enough tiles computed by Winograd's algorithm (winograd=True).
 """
 import argparse
 import pathlib
@@ -36,10 +38,13 @@ sys.path.insert(0, str(ROOT))
 # d2ltvm.BASELINES (a test keeps them equal), here so that --help needs no import of TVM
 BASELINES = ("torch-channels-last", "torch-compile", "onnxruntime", "openvino")
 METHODS = ("tvm-untuned", "tvm-dispatch", "tvm-dispatch-bnfold", "tvm-dispatch-prepacked",
-           "tvm-dispatch-fused", "tvm-dispatch-direct", "tvm-tuned", "tvm-tuned-blocked")
+           "tvm-dispatch-fused", "tvm-dispatch-direct", "tvm-dispatch-winograd", "tvm-tuned",
+           "tvm-tuned-blocked")
 MODELS = ("resnet18", "mlp", "cnn")
 ONEDNN_METHODS = ("tvm-dispatch-prepacked", "tvm-dispatch-fused",  # models with convolutions
-                  "tvm-dispatch-direct")
+                  "tvm-dispatch-direct", "tvm-dispatch-winograd")
+LIBDNNL_METHODS = ("tvm-dispatch-direct", "tvm-dispatch-winograd")  # oneDNN's C library
+RESNET_METHODS = ("tvm-dispatch-bnfold", "tvm-dispatch-winograd", "tvm-tuned-blocked")
 TUNED_METHODS = ("tvm-tuned", "tvm-tuned-blocked")  # need a database shipped for this class
 
 
@@ -51,9 +56,10 @@ def main():
                              "with convolutions; torch.compile's first call compiles the model)")
     parser.add_argument("--models", nargs="+", choices=MODELS, default=list(MODELS))
     parser.add_argument("--methods", nargs="+", choices=METHODS, default=list(METHODS),
-                        help="TVM variants to time (tvm-dispatch-bnfold exists for ResNet-18 only, "
-                             "tvm-dispatch-prepacked, -fused and -direct for the models with "
-                             "convolutions; -direct needs oneDNN's C library, Linux x86-64)")
+                        help="TVM variants to time (tvm-dispatch-bnfold, -winograd and "
+                             "tvm-tuned-blocked exist for ResNet-18 only, tvm-dispatch-prepacked, "
+                             "-fused and -direct for the models with convolutions; -direct and "
+                             "-winograd need oneDNN's C library, Linux x86-64)")
     parser.add_argument("--tvm-threads", type=int, default=None,
                         help="threads of TVM's thread pool (default: as many as PyTorch uses)")
     parser.add_argument("--repeats", type=int, default=25,
@@ -71,12 +77,12 @@ def main():
     d2ltvm.set_tvm_threads(args.tvm_threads or torch.get_num_threads())
     has_onednn = torch.backends.mkldnn.is_available()
     if not has_onednn and set(ONEDNN_METHODS) & set(args.methods):
-        print("notice: this PyTorch has no oneDNN: tvm-dispatch-prepacked, -fused and -direct "
-              "left out", file=sys.stderr)
+        print("notice: this PyTorch has no oneDNN: tvm-dispatch-prepacked, -fused, -direct and "
+              "-winograd left out", file=sys.stderr)
     has_libdnnl = d2ltvm.onednn_library_missing() is None
-    if has_onednn and not has_libdnnl and "tvm-dispatch-direct" in args.methods:
-        print(f"notice: {d2ltvm.onednn_library_missing()}; tvm-dispatch-direct left out",
-              file=sys.stderr)
+    if has_onednn and not has_libdnnl and set(LIBDNNL_METHODS) & set(args.methods):
+        print(f"notice: {d2ltvm.onednn_library_missing()}; tvm-dispatch-direct and -winograd "
+              "left out", file=sys.stderr)
     target = d2ltvm.host_target()
     threads = torch.get_num_threads()
     peak = d2ltvm.peak_gflops(target)
@@ -114,15 +120,19 @@ def main():
                     d2ltvm.call_onednn_directly(d2ltvm.fuse_onednn_post_ops(
                         d2ltvm.dispatch_to_onednn(folded[0]))), folded[1], target=target,
                     pipeline=d2ltvm.dispatch_pipeline()),
+                "tvm-dispatch-winograd": lambda: d2ltvm.compile_relax(
+                    d2ltvm.call_onednn_directly(d2ltvm.fuse_onednn_post_ops(
+                        d2ltvm.dispatch_to_onednn(folded[0])), winograd=True), folded[1],
+                    target=target, pipeline=d2ltvm.dispatch_pipeline()),
                 "tvm-tuned": lambda: d2ltvm.compile_tuned(w["mod"], w["weights"],
                                                           databases["tvm-tuned"], target, name),
                 "tvm-tuned-blocked": lambda: d2ltvm.compile_tuned(
                     blocked["mod"], blocked["weights"], databases["tvm-tuned-blocked"], target,
                     name + "-blocked"),
             }
-            methods = [m for m in args.methods if (m != "tvm-dispatch-bnfold" or name == "resnet18")
+            methods = [m for m in args.methods if (m not in RESNET_METHODS or name == "resnet18")
                        and (m not in ONEDNN_METHODS or (name != "mlp" and has_onednn))
-                       and (m != "tvm-dispatch-direct" or has_libdnnl)
+                       and (m not in LIBDNNL_METHODS or has_libdnnl)
                        and (m not in TUNED_METHODS or databases.get(m) is not None)]
             # ResNet-18 with its BatchNorms folded into the convolutions (the CNN has none)
             folded = (d2ltvm.torch_to_relax(d2ltvm.fold_batchnorm(model), x) if name == "resnet18"
