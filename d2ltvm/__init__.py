@@ -2522,12 +2522,19 @@ def onednn_conv2d_primitive(weight_shape, data_shape, strides, padding, dilation
         onednn_memory_desc((o,), (1,)), out, _DIMS(*strides),
         _DIMS(*(d - 1 for d in dilation)), _DIMS(*padding), _DIMS(*padding), attr),
         f"describing a convolution of {data_shape} by {weight_shape}")
+    refuse_reference(desc, f"a convolution of {data_shape} by {weight_shape}")
+    return desc, (n, oh, ow, o)
+
+
+def refuse_reference(desc, what):
+    """Raise a RuntimeError where oneDNN has only its reference implementation for DESC (WHAT):
+    its plain C++ loops are correct, but very slow."""
+    lib, _, _ = onednn_library()
     name = ctypes.c_char_p()
     lib.dnnl_primitive_desc_query(desc, DNNL["query_impl_info_str"], 0, ctypes.byref(name))
-    if name.value.startswith(b"ref"):  # oneDNN's plain C++ loops: correct, but very slow
+    if name.value.startswith(b"ref"):
         raise RuntimeError(f"oneDNN has only its reference implementation ({name.value.decode()})"
-                           f" for a convolution of {data_shape} by {weight_shape} here")
-    return desc, (n, oh, ow, o)
+                           f" for {what} here")
 
 # ----------------------------------------------------------------------
 # Defined in chapters/appendix/measuring.ipynb
@@ -2833,12 +2840,11 @@ def winograd_tile_counts(height, width):
 
 
 def schedule_winograd(sch, block, inner, tile_loops, unrolled, channels):
-    """Parallelize BLOCK over TILE_LOOPS and 16-channel groups, unroll its loops UNROLLED (6x6
-    or 4x4), vectorize 16 CHANNELS; compute the INNER block's half of the transform inside."""
+    """Loop over BLOCK's TILE_LOOPS and 16-channel groups on one thread, unroll its loops UNROLLED
+    (6x6 or 4x4), vectorize 16 CHANNELS; compute the INNER block's half of the transform inside."""
     outer, lanes = sch.split(channels, [None, 16])
     sch.reorder(*tile_loops, outer, *unrolled, lanes)
     sch.compute_at(sch.get_sblock(inner), outer)
-    sch.parallel(sch.fuse(*tile_loops, outer))
     *inner_unrolled, inner_lanes = sch.get_loops(sch.get_sblock(inner))[-3:]
     for loop in [*unrolled, *inner_unrolled]:
         sch.unroll(loop)
@@ -2924,6 +2930,7 @@ def onednn_batch_matmul(weights, rows):
     onednn_check(lib.dnnl_matmul_primitive_desc_create(
         ctypes.byref(desc), engine, a, onednn_memory_desc((b, k, n)), None, out, None),
         f"describing a batched matrix product {b}x{rows}x{k} by {b}x{k}x{n}")
+    refuse_reference(desc, f"a batched matrix product {b}x{rows}x{k} by {b}x{k}x{n}")
     packed_desc = ctypes.c_void_p(lib.dnnl_primitive_desc_query_md(
         desc, DNNL["query_weights_md"], 0))
     packed = onednn_memory(packed_desc, 2**64 - 1)  # -1: oneDNN allocates the memory
@@ -2954,7 +2961,7 @@ def winograd_pays_off(attributes, weight_shape, data_shape):
     and NHWC data of these shapes is one winograd_conv2d computes, with enough tiles to pay."""
     (o, kh, kw, i), (n, h, w, _) = weight_shape, data_shape
     th, tw = winograd_tile_counts(h, w)
-    return (tuple(attributes), (kh, kw)) == ((((1, 1), (1, 1), (1, 1), 1)), (3, 3)) \
+    return (tuple(attributes), (kh, kw)) == (((1, 1), (1, 1), (1, 1), 1), (3, 3)) \
         and o % 16 == 0 and i % 16 == 0 and n * th * tw >= WINOGRAD_MIN_TILES
 
 
