@@ -2564,16 +2564,6 @@ def onednn_reorder_desc(source_desc, target_desc, what):
                  f"describing {what}")
     return desc
 
-
-def onednn_reorder(source, source_desc, target, target_desc):
-    """Copy memory object SOURCE into TARGET once, converting between their layouts."""
-    lib, _, stream = onednn_library()
-    reorder = onednn_primitive(onednn_reorder_desc(source_desc, target_desc, "a reorder"))
-    args = (_ExecArg * 2)(_ExecArg(DNNL["arg_src"], source), _ExecArg(DNNL["arg_dst"], target))
-    onednn_check(lib.dnnl_primitive_execute(reorder, stream, 2, args), "reordering")
-    onednn_check(lib.dnnl_stream_wait(stream), "waiting for a reorder")
-    lib.dnnl_primitive_destroy(reorder)
-
 # ----------------------------------------------------------------------
 # Defined in chapters/appendix/measuring.ipynb
 class OneDNNKernel:
@@ -2604,18 +2594,30 @@ class OneDNNKernel:
 
 # ----------------------------------------------------------------------
 # Defined in chapters/appendix/measuring.ipynb
+def onednn_packed_weights(desc, plain_desc, pointer):
+    """A memory object, allocated by oneDNN, holding the weights at POINTER (laid out as
+    PLAIN_DESC) copied once into the layout the primitive of DESC prefers."""
+    lib, _, stream = onednn_library()
+    packed_desc = ctypes.c_void_p(lib.dnnl_primitive_desc_query_md(
+        desc, DNNL["query_weights_md"], 0))
+    source = onednn_memory(plain_desc, pointer)
+    target = onednn_memory(packed_desc, 2**64 - 1)  # -1: oneDNN allocates the memory
+    reorder = onednn_primitive(onednn_reorder_desc(plain_desc, packed_desc, "a reorder"))
+    args = (_ExecArg * 2)(_ExecArg(DNNL["arg_src"], source), _ExecArg(DNNL["arg_dst"], target))
+    onednn_check(lib.dnnl_primitive_execute(reorder, stream, 2, args), "reordering")
+    onednn_check(lib.dnnl_stream_wait(stream), "waiting for a reorder")
+    lib.dnnl_primitive_destroy(reorder)
+    lib.dnnl_memory_destroy(source)
+    return target
+
+
 def onednn_conv2d(weight, bias, data_shape, strides, padding, dilation, groups, unary, add):
     """A OneDNNKernel computing conv2d(data NHWC, OHWI WEIGHT) + BIAS [+ other NHWC] then UNARY:
     compute(data, [other,] out). WEIGHT and BIAS (TVM tensors) are copied in once."""
-    lib, _, _ = onednn_library()
     desc, out_shape = onednn_conv2d_primitive(tuple(weight.shape), data_shape, strides, padding,
                                               dilation, groups, unary, add)
-    ohwi, packed_desc = ohwi_memory_desc(tuple(weight.shape), groups), ctypes.c_void_p(
-        lib.dnnl_primitive_desc_query_md(desc, DNNL["query_weights_md"], 0))
-    packed = onednn_memory(packed_desc, 2**64 - 1)  # -1: oneDNN allocates the memory
-    plain = onednn_memory(ohwi, weight.data_ptr())
-    onednn_reorder(plain, ohwi, packed, packed_desc)  # the weights, in oneDNN's layout
-    lib.dnnl_memory_destroy(plain)
+    packed = onednn_packed_weights(desc, ohwi_memory_desc(tuple(weight.shape), groups),
+                                   weight.data_ptr())
     bias = np.array(bias.numpy(), dtype="float32")  # our own copy, kept by the kernel
     (n, h, w, c), (_, oh, ow, o) = data_shape, out_shape
     out = nhwc_memory_desc(n, o, oh, ow)
@@ -2839,6 +2841,12 @@ def winograd_tile_counts(height, width):
     return (height + 3) // 4, (width + 3) // 4
 
 
+def winograd_tiles(shape):
+    """How many 4x4 output tiles the images of an NHWC SHAPE have, all together."""
+    n, h, w, _ = shape
+    return n * int(np.prod(winograd_tile_counts(h, w)))
+
+
 def schedule_winograd(sch, block, inner, tile_loops, unrolled, channels):
     """Loop over BLOCK's TILE_LOOPS and 16-channel groups on one thread, unroll its loops UNROLLED
     (6x6 or 4x4), vectorize 16 CHANNELS; compute the INNER block's half of the transform inside."""
@@ -2925,18 +2933,13 @@ def onednn_batch_matmul(weights, rows):
     (NumPy), copied once into oneDNN's layout: compute(a, out)."""
     lib, engine, _ = onednn_library()
     b, k, n = weights.shape
-    a, out, plain_desc = (strided_memory_desc(s) for s in ((b, rows, k), (b, rows, n), (b, k, n)))
+    a, out = strided_memory_desc((b, rows, k)), strided_memory_desc((b, rows, n))
     desc = ctypes.c_void_p()
     onednn_check(lib.dnnl_matmul_primitive_desc_create(
         ctypes.byref(desc), engine, a, onednn_memory_desc((b, k, n)), None, out, None),
         f"describing a batched matrix product {b}x{rows}x{k} by {b}x{k}x{n}")
     refuse_reference(desc, f"a batched matrix product {b}x{rows}x{k} by {b}x{k}x{n}")
-    packed_desc = ctypes.c_void_p(lib.dnnl_primitive_desc_query_md(
-        desc, DNNL["query_weights_md"], 0))
-    packed = onednn_memory(packed_desc, 2**64 - 1)  # -1: oneDNN allocates the memory
-    plain = onednn_memory(plain_desc, weights.ctypes.data)
-    onednn_reorder(plain, plain_desc, packed, packed_desc)
-    lib.dnnl_memory_destroy(plain)
+    packed = onednn_packed_weights(desc, strided_memory_desc((b, k, n)), weights.ctypes.data)
     return OneDNNKernel(desc, [(DNNL["arg_src"], a), (DNNL["arg_dst"], out)],
                         {DNNL["arg_weights"]: packed})
 
@@ -2945,9 +2948,8 @@ def onednn_make_winograd_matmul():
     """Register and name make(weight OHWI 3x3, data_shape NHWC) -> onednn_handles of the batched
     product by its transformed weights (called once, in main_transform_params)."""
     def make(weight, data_shape):
-        n, h, w, _ = (int(v) for v in data_shape)
-        th, tw = winograd_tile_counts(h, w)
-        return onednn_handles(onednn_batch_matmul(winograd_weights(weight.numpy()), n * th * tw))
+        tiles = winograd_tiles([int(v) for v in data_shape])
+        return onednn_handles(onednn_batch_matmul(winograd_weights(weight.numpy()), tiles))
 
     return register_torch_kernel("d2ltvm.onednn_make_winograd_matmul", make)
 
@@ -2959,10 +2961,9 @@ WINOGRAD_MIN_TILES = 16  # each transformed weight used by fewer tiles: memory-b
 def winograd_pays_off(attributes, weight_shape, data_shape):
     """Whether a convolution of ATTRIBUTES (strides, padding, dilation, groups), OHWI weights
     and NHWC data of these shapes is one winograd_conv2d computes, with enough tiles to pay."""
-    (o, kh, kw, i), (n, h, w, _) = weight_shape, data_shape
-    th, tw = winograd_tile_counts(h, w)
+    o, kh, kw, i = weight_shape
     return (tuple(attributes), (kh, kw)) == (((1, 1), (1, 1), (1, 1), 1), (3, 3)) \
-        and o % 16 == 0 and i % 16 == 0 and n * th * tw >= WINOGRAD_MIN_TILES
+        and o % 16 == 0 and i % 16 == 0 and winograd_tiles(data_shape) >= WINOGRAD_MIN_TILES
 
 
 def winograd_conv2d(builder, call, data, other, weight, bias, unary):
@@ -2971,7 +2972,7 @@ def winograd_conv2d(builder, call, data, other, weight, bias, unary):
     oneDNN's batched product, output transform."""
     from tvm import relax
     (n, h, w, c), o = static_shape(data), static_shape(call)[3]
-    tiles = n * winograd_tile_counts(h, w)[0] * winograd_tile_counts(h, w)[1]
+    tiles = winograd_tiles((n, h, w, c))
     shape = "x".join(map(str, (n, h, w, c)))
     handles = builder.emit(relax.call_pure_packed(
         onednn_make_winograd_matmul(), weight, relax.ShapeExpr([n, h, w, c]),

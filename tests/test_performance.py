@@ -39,6 +39,15 @@ def resnet():
 
 
 @pytest.fixture(scope="module")
+def resnet_fused(resnet):
+    """ResNet-18 with its BatchNorms folded, each convolution a oneDNN call with its post-ops:
+    (module, weights), shared by the library routes' tests."""
+    folded_mod, folded_weights = d2ltvm.torch_to_relax(d2ltvm.fold_batchnorm(resnet["model"]),
+                                                       resnet["input"])
+    return d2ltvm.fuse_onednn_post_ops(d2ltvm.dispatch_to_onednn(folded_mod)), folded_weights
+
+
+@pytest.fixture(scope="module")
 def resnet_reference(resnet):
     import torch
     with torch.no_grad():
@@ -765,10 +774,8 @@ def test_plot_roofline_draws_a_point_per_row():
 
 
 @needs_onednn
-def test_onednn_post_ops_fuse_bias_residual_and_relu(resnet, resnet_reference):
-    folded_mod, folded_weights = d2ltvm.torch_to_relax(d2ltvm.fold_batchnorm(resnet["model"]),
-                                                       resnet["input"])
-    fused_mod = d2ltvm.fuse_onednn_post_ops(d2ltvm.dispatch_to_onednn(folded_mod))
+def test_onednn_post_ops_fuse_bias_residual_and_relu(resnet, resnet_fused, resnet_reference):
+    fused_mod, folded_weights = resnet_fused
     names = re.findall(r'"d2ltvm\.(\w+)\.s', fused_mod["main"].script())
     # 20 convolutions: 9 with a ReLU, 8 with the residual addition and a ReLU, 3 downsampling
     assert {n: names.count(n) for n in set(names)} == {"torch_pack_conv2d": 20,
@@ -816,11 +823,9 @@ def tvm_tensor(x):
 
 
 @needs_libdnnl
-def test_onednn_called_directly_matches_torch(resnet, resnet_reference):
-    folded_mod, folded_weights = d2ltvm.torch_to_relax(d2ltvm.fold_batchnorm(resnet["model"]),
-                                                       resnet["input"])
-    direct_mod = d2ltvm.call_onednn_directly(
-        d2ltvm.fuse_onednn_post_ops(d2ltvm.dispatch_to_onednn(folded_mod)))
+def test_onednn_called_directly_matches_torch(resnet, resnet_fused, resnet_reference):
+    fused_mod, folded_weights = resnet_fused
+    direct_mod = d2ltvm.call_onednn_directly(fused_mod)
     script = direct_mod["main"].script()
     makes = re.findall(r'"d2ltvm\.(\w+)\.s', script)
     # every convolution made once; nothing packed for PyTorch, no Python called at run time
@@ -870,11 +875,10 @@ def test_onednn_kernel_keeps_alive_what_its_handles_point_into():
         tvm_tensor(weight), tvm_tensor(bias), [1, 5, 5, 2], (1, 1), (1, 1), (1, 1), 1, "relu",
         False))
     gc.collect()  # only the handles tensor refers to the kernel now
-    func = d2ltvm.tvm.compile(d2ltvm.tvm.IRModule({"main": d2ltvm.onednn_extern_func(
-        [(1, 5, 5, 2), (1, 5, 5, 4)]).with_attr("global_symbol", "main")}), target="llvm")
+    func = compile_prim_func(d2ltvm.onednn_extern_func([(1, 5, 5, 2), (1, 5, 5, 4)]))
     x = torch.rand(1, 5, 5, 2)
     out = d2ltvm.tvm.runtime.tensor(np.zeros((1, 5, 5, 4), "float32"))
-    func["main"](tvm_tensor(x), handles, out)
+    func(tvm_tensor(x), handles, out)
     expected = torch.relu(torch.conv2d(x.permute(0, 3, 1, 2), weight.permute(0, 3, 1, 2), bias,
                                        padding=1)).permute(0, 2, 3, 1)
     np.testing.assert_allclose(out.numpy(), expected.numpy(), **TOLERANCE)
@@ -931,11 +935,10 @@ def test_winograd_pays_off_only_where_it_computes_and_gains(attributes, weight, 
 
 
 @needs_libdnnl
-def test_winograd_route_matches_torch_and_keeps_the_last_stage_direct(resnet, resnet_reference):
-    folded_mod, folded_weights = d2ltvm.torch_to_relax(d2ltvm.fold_batchnorm(resnet["model"]),
-                                                       resnet["input"])
-    mod = d2ltvm.call_onednn_directly(
-        d2ltvm.fuse_onednn_post_ops(d2ltvm.dispatch_to_onednn(folded_mod)), winograd=True)
+def test_winograd_route_matches_torch_and_keeps_the_last_stage_direct(resnet, resnet_fused,
+                                                                       resnet_reference):
+    fused_mod, folded_weights = resnet_fused
+    mod = d2ltvm.call_onednn_directly(fused_mod, winograd=True)
     script = mod["main"].script()
     # the 3x3 stride-1 convolutions of the first three stages: 4 + 3 + 3, one product each
     assert script.count('"d2ltvm.onednn_make_winograd_matmul"') == 10

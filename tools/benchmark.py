@@ -102,6 +102,10 @@ def main():
         for w in d2ltvm.performance_workloads(name):
             model, x = w["model"], w["input"]
             x_tvm = tvm.runtime.tensor(x.numpy())
+
+            def fused_mod():  # oneDNN calls with their post-operations (BatchNorm folded first)
+                return d2ltvm.fuse_onednn_post_ops(d2ltvm.dispatch_to_onednn(folded[0]))
+
             builders = {
                 "tvm-untuned": lambda: d2ltvm.compile_relax(w["mod"], w["weights"], target),
                 "tvm-dispatch": lambda: d2ltvm.compile_relax(
@@ -114,15 +118,12 @@ def main():
                     d2ltvm.dispatch_to_onednn(w["mod"]), w["weights"], target=target,
                     pipeline=d2ltvm.dispatch_pipeline()),
                 "tvm-dispatch-fused": lambda: d2ltvm.compile_relax(
-                    d2ltvm.fuse_onednn_post_ops(d2ltvm.dispatch_to_onednn(folded[0])), folded[1],
-                    target=target, pipeline=d2ltvm.dispatch_pipeline()),
+                    fused_mod(), folded[1], target=target, pipeline=d2ltvm.dispatch_pipeline()),
                 "tvm-dispatch-direct": lambda: d2ltvm.compile_relax(
-                    d2ltvm.call_onednn_directly(d2ltvm.fuse_onednn_post_ops(
-                        d2ltvm.dispatch_to_onednn(folded[0]))), folded[1], target=target,
+                    d2ltvm.call_onednn_directly(fused_mod()), folded[1], target=target,
                     pipeline=d2ltvm.dispatch_pipeline()),
                 "tvm-dispatch-winograd": lambda: d2ltvm.compile_relax(
-                    d2ltvm.call_onednn_directly(d2ltvm.fuse_onednn_post_ops(
-                        d2ltvm.dispatch_to_onednn(folded[0])), winograd=True), folded[1],
+                    d2ltvm.call_onednn_directly(fused_mod(), winograd=True), folded[1],
                     target=target, pipeline=d2ltvm.dispatch_pipeline()),
                 "tvm-tuned": lambda: d2ltvm.compile_tuned(w["mod"], w["weights"],
                                                           databases["tvm-tuned"], target, name),
